@@ -1,0 +1,30 @@
+# Two commands: `make demo` (set up, fine-tune and export the embedded default) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test clean
+
+$(BIN)/vqtool: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[train,dev]"
+	touch $@
+
+setup: $(BIN)/vqtool
+
+demo: setup
+	$(BIN)/vqtool finetune recipes/shapes-tiny.yaml --force
+	$(BIN)/vqtool export runs/shapes-tiny --force
+	$(BIN)/vqtool infer exports/shapes-tiny --variant int8 \
+		--video data/shapes/videos/eval_0000.mp4 --video data/shapes/videos/eval_0001.mp4 \
+		--text "a red circle moves left" --text "a red circle moves right" --text "a blue square moves up"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs exports data/shapes

@@ -1,0 +1,97 @@
+"""Accuracy and latency parity of every exported variant against the PyTorch model, as gates."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from toolchain.evaluate import retrieval_metrics
+from toolchain.models.video_clip import VideoCLIP
+from toolchain.recipe import GateSection
+
+
+@dataclass
+class Outputs:
+    video: np.ndarray  # [M, D]
+    indices: np.ndarray  # [M, K]
+    text: np.ndarray  # [M, D]
+
+
+@dataclass
+class ParityInputs:
+    clips: list[np.ndarray]  # uint8 [N, H, W, 3] each, sizes vary
+    ids: np.ndarray
+    mask: np.ndarray
+
+
+@torch.no_grad()
+def torch_outputs(model: VideoCLIP, inputs: ParityInputs) -> Outputs:
+    model.eval()
+    vids, idxs = zip(*(model.encode_frames(torch.from_numpy(c)[None]) for c in inputs.clips))
+    text = model.encode_text(torch.from_numpy(inputs.ids), torch.from_numpy(inputs.mask))
+    return Outputs(torch.cat(vids).numpy(), torch.cat(idxs).numpy(), text.numpy())
+
+
+def onnx_outputs(video_sess, text_sess, inputs: ParityInputs) -> Outputs:
+    runs = [video_sess.run(None, {"frames": c[None]}) for c in inputs.clips]
+    text = text_sess.run(None, {"input_ids": inputs.ids, "attention_mask": inputs.mask})[0]
+    return Outputs(np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs]), text)
+
+
+def embedding_diff(ref: np.ndarray, got: np.ndarray) -> dict:
+    cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1) + 1e-12)
+    return {"max_abs_diff": float(np.abs(ref - got).max()), "min_cosine": float(cos.min())}
+
+
+def t2v_r1(out: Outputs) -> float:
+    return retrieval_metrics(out.text @ out.video.T)["t2v"]["r1"]
+
+
+def compare(ref: Outputs, got: Outputs) -> dict:
+    video = embedding_diff(ref.video, got.video)
+    same_shape = ref.indices.shape == got.indices.shape
+    video["frame_index_agreement"] = float(np.mean(np.all(ref.indices == got.indices, axis=1))) if same_shape else 0.0
+    r_ref, r_got = t2v_r1(ref), t2v_r1(got)
+    return {
+        "video": video,
+        "text": embedding_diff(ref.text, got.text),
+        "retrieval": {"t2v_r1_torch": r_ref, "t2v_r1_onnx": r_got, "delta": r_got - r_ref},
+    }
+
+
+def gate_failures(variant: str, result: dict, gate: GateSection) -> list[str]:
+    """Every failed check, each naming the output, the measured value and the threshold."""
+    fails = []
+    for out in ("video", "text"):
+        cos = result[out]["min_cosine"]
+        if not cos >= gate.min_cosine:
+            fails.append(f"{variant}: {out}_embeds min cosine {cos:.6f} < {gate.min_cosine} "
+                         f"(max abs diff {result[out]['max_abs_diff']:.3g})")
+    agree = result["video"]["frame_index_agreement"]
+    if agree < 1.0:
+        fails.append(f"{variant}: frame_indices differ from PyTorch on {100 * (1 - agree):.1f}% of clips")
+    drop = -result["retrieval"]["delta"]
+    if drop > gate.max_r1_drop:
+        fails.append(f"{variant}: t2v R@1 dropped {drop:.2f} points > {gate.max_r1_drop}")
+    return fails
+
+
+def time_ms(fn, runs: int, warmup: int = 3) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return np.array(times)
+
+
+def latency(torch_fn, onnx_fn, runs: int) -> dict:
+    """Side by side on the same input and thread count; medians and ratios, not single timings."""
+    t, o = time_ms(torch_fn, runs), time_ms(onnx_fn, runs)
+    return {"torch_p50": float(np.median(t)), "onnx_p50": float(np.median(o)),
+            "onnx_p95": float(np.percentile(o, 95)), "speedup": float(np.median(t) / np.median(o))}

@@ -1,0 +1,130 @@
+"""`vqtool export RUN_DIR`: merge, export both graphs, quantize, check parity, write the export dir."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from export.merge import merged_model
+from export.onnx_export import FORMAT_VERSION, export_text_encoder, export_video_encoder
+from export.parity import ParityInputs, compare, gate_failures, latency, onnx_outputs, torch_outputs
+from export.quantize import make_variant, variant_path
+from export.report import parity_markdown
+from export.tokenize import encode_texts, load_tokenizer
+from toolchain import rundir
+from toolchain.data.annotations import load_jsonl
+from toolchain.data.video import decode_video
+from toolchain.errors import DataError, VideoReadError
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def parity_inputs(recipe, info, limit: int | None = None) -> ParityInputs:
+    clips, captions = [], []
+    for sample in load_jsonl(Path(recipe.data.eval))[:limit]:
+        try:
+            clips.append(decode_video(sample.video, recipe.frames.decode_max_frames))
+            captions.append(sample.caption)
+        except VideoReadError:
+            continue
+    if not clips:
+        raise DataError(f"no readable eval video in {recipe.data.eval}; parity needs some")
+    ids, mask = encode_texts(load_tokenizer(info.tokenizer, info.max_text_len), captions)
+    return ParityInputs(clips, ids, mask)
+
+
+def graph_metadata(recipe, info) -> dict:
+    return {
+        "vqtool.frames.k": recipe.frames.k, "vqtool.frames.selector": recipe.frames.selector,
+        "vqtool.image_size": info.image_size, "vqtool.mean": list(info.mean), "vqtool.std": list(info.std),
+    }
+
+
+def manifest(recipe, info, run_dir: Path, files: dict, dim: int) -> dict:
+    return {
+        "format": FORMAT_VERSION,
+        "name": recipe.name,
+        "source": {"run_dir": str(Path(run_dir).resolve()), "base": recipe.model.name_or_path,
+                   "quantization": recipe.adapters.quantization,
+                   "adapter_sha256": sha256(Path(run_dir) / "adapter" / "adapter_model.safetensors")},
+        "frames": recipe.frames.model_dump(),
+        "preprocessing": {"image_size": info.image_size, "mean": list(info.mean), "std": list(info.std),
+                          "crop": "centre square of side min(H, W)", "resize": "bilinear", "scale": "1/255"},
+        "text": {"tokenizer": "tokenizer.json", "max_length": info.max_text_len},
+        "graphs": {
+            "video": {"inputs": {"frames": "uint8 [batch, num_frames, height, width, 3] RGB"},
+                      "outputs": {"video_embeds": f"float32 [batch, {dim}] L2-normalised",
+                                  "frame_indices": f"int64 [batch, {recipe.frames.k}]"}},
+            "text": {"inputs": {"input_ids": "int64 [batch, seq]", "attention_mask": "int64 [batch, seq]"},
+                     "outputs": {"text_embeds": f"float32 [batch, {dim}] L2-normalised"}},
+        },
+        "embedding_dim": dim,
+        "variants": files,
+    }
+
+
+def check_variant(name, files, out_dir, reference, inputs, merged, recipe) -> dict:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = recipe.export.threads
+    video = ort.InferenceSession(str(out_dir / files["video"]), opts, providers=["CPUExecutionProvider"])
+    text = ort.InferenceSession(str(out_dir / files["text"]), opts, providers=["CPUExecutionProvider"])
+    result = compare(reference, onnx_outputs(video, text, inputs))
+    clip = inputs.clips[0][None]
+    with torch.no_grad():
+        torch_fn = lambda: merged.encode_frames(torch.from_numpy(clip))  # noqa: E731
+        result["latency_ms"] = latency(torch_fn, lambda: video.run(None, {"frames": clip}), recipe.export.latency_runs)
+    size = sum((out_dir / f).stat().st_size for f in (files["video"], files["text"])) / 1e6
+    failures = gate_failures(name, result, recipe.export.gate(name))
+    return {"file": files["video"], "size_mb": round(size, 3), "passed": not failures, "failures": failures, **result}
+
+
+def export_run(run_dir: Path, out_dir: Path, force: bool, variants: list[str] | None, report) -> dict:
+    """Build the export dir atomically; returns the parity report (its `passed` decides the exit code)."""
+    rundir.check_target(out_dir, force)
+    trained, merged, recipe, info = merged_model(run_dir)
+    variants = variants or list(recipe.export.variants)
+    if "fp32" not in variants:
+        variants = ["fp32", *variants]  # every other variant is derived from it
+    tmp = rundir.start(out_dir)
+    meta = graph_metadata(recipe, info)
+    with report.task("exporting ONNX graphs", 2) as step:
+        video = export_video_encoder(merged, tmp / "video_encoder.onnx", recipe.export.opset, meta)
+        step(1)
+        text = export_text_encoder(merged, tmp / "text_encoder.onnx", recipe.export.opset, info.max_text_len, meta)
+        step(1)
+    shutil.copyfile(info.tokenizer, tmp / "tokenizer.json")
+    files = {}
+    with report.task("quantizing", len(variants)) as step:
+        for v in variants:
+            make_variant(video, v), make_variant(text, v)
+            files[v] = {"video": variant_path(video, v).name, "text": variant_path(text, v).name}
+            step(1, v)
+    inputs = parity_inputs(recipe, info)
+    reference = torch_outputs(trained, inputs)
+    merged_ref = torch_outputs(merged, inputs)
+    torch.set_num_threads(recipe.export.threads)
+    results = {}
+    with report.task("checking parity", len(variants)) as step:
+        for v in variants:
+            results[v] = check_variant(v, files[v], tmp, reference, inputs, merged, recipe)
+            step(1, v)
+    for v in variants:
+        files[v]["sha256"] = {k: sha256(tmp / files[v][k]) for k in ("video", "text")}
+    rundir.write_json(tmp / "manifest.json", manifest(recipe, info, run_dir, files, reference.video.shape[1]))
+    parity = {
+        "format": 1, "passed": all(r["passed"] for r in results.values()), "variants": results,
+        "reference": "PyTorch as trained (quantized base + adapters)", "eval_clips": len(inputs.clips),
+        "threads": recipe.export.threads,
+        "merged_vs_trained": compare(reference, merged_ref)["video"] | {"note": "float32 merged PyTorch vs as trained"},
+    }
+    rundir.write_json(tmp / "parity.json", parity)
+    rundir.write_text(tmp / "parity.md", parity_markdown(parity))
+    rundir.finish(tmp, out_dir)
+    return parity

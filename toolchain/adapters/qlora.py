@@ -1,0 +1,86 @@
+"""QLoRA setup: a bitsandbytes config taken explicitly from the recipe, and PEFT LoRA on top."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from toolchain.errors import RecipeError
+from toolchain.recipe import AdaptersSection
+
+
+def bnb_config(a: AdaptersSection):
+    """BitsAndBytesConfig for the recipe. Its defaults are not QLoRA, so every field is set here."""
+    if a.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if a.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=a.quantization,
+        bnb_4bit_use_double_quant=a.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, a.compute_dtype),
+    )
+
+
+def lora_config(a: AdaptersSection):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=a.rank,
+        lora_alpha=a.alpha,
+        lora_dropout=a.dropout,
+        target_modules=a.target_modules,
+        bias="none",
+    )
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Leaf names of the linear layers (full precision or bitsandbytes) that LoRA can target."""
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    return sorted(names)
+
+
+def add_lora(model: nn.Module, a: AdaptersSection) -> nn.Module:
+    """Wrap the base with trainable LoRA adapters; only those train."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, lora_config(a))
+    except ValueError as exc:
+        if "not found in the base model" not in str(exc) and "Target modules" not in str(exc):
+            raise
+        raise RecipeError(
+            f"adapters.target_modules: {a.target_modules} matched no layer of the base. "
+            f"Linear layers it has: {', '.join(linear_names(model))} (or use 'all-linear')"
+        ) from None
+
+
+def keep_training_layout(model: nn.Module) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference when a module runs in eval mode.
+
+    On AVX512-BF16 CPUs `Linear4bit.forward` in eval mode converts its weight in place to a packed
+    inference layout and never converts back; the next training step then fails inside
+    `matmul_4bit` ("a view of a leaf Variable ... in-place operation"). We evaluate between
+    training phases, so the layout must stay trainable. Returns how many layers were touched.
+    """
+    touched = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            touched += 1
+    return touched
+
+
+def logical_numel(p: torch.Tensor) -> int:
+    """Parameter count as the model sees it: a packed 4-bit tensor stores two weights per byte."""
+    state = getattr(p, "quant_state", None)
+    return int(torch.Size(state.shape).numel()) if state is not None else p.numel()
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(logical_numel(p) for p in model.parameters())
+    return trainable, total

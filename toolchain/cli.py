@@ -1,0 +1,165 @@
+"""The `vqtool` command line: every command is a thin call into a module below it."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from toolchain.errors import MissingExtraError, VqtoolError
+
+app = typer.Typer(
+    help="Fine-tune video-text models with QLoRA and ship them as parity-checked ONNX for the edge.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+recipe_app = typer.Typer(help="Check and show recipes.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: generate the synthetic shapes set.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+app.add_typer(data_app, name="data")
+err = Console(stderr=True)
+
+SetOpt = Annotated[list[str], typer.Option("--set", help="Override a recipe key, e.g. --set train.lr=1e-4 (repeatable).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace the output directory if it exists.")]
+TRAIN_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "onnx", "safetensors")
+
+
+def require_train_extra() -> None:
+    for module in TRAIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise MissingExtraError(module, "train") from None
+    from toolchain.quiet import quiet_libraries
+
+    quiet_libraries()
+
+
+def reporter(quiet: bool = False):
+    from toolchain.progress import Reporter
+
+    return Reporter(err, quiet=quiet)
+
+
+@app.command()
+def finetune(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. recipes/shapes-tiny.yaml.")],
+    output_dir: Annotated[Optional[Path], typer.Option(help="Run dir (default: runs/NAME).")] = None,
+    force: ForceOpt = False,
+    set_: SetOpt = [],
+):
+    """Fine-tune with QLoRA (4-bit base + LoRA) and write runs/NAME/."""
+    from toolchain.recipe import load_recipe
+
+    cfg = load_recipe(recipe, set_)  # fails on a bad key before any model loads
+    require_train_extra()
+    from toolchain.train import finetune as run
+
+    target = output_dir or Path("runs") / cfg.name
+    result = run(cfg, target, force, reporter())
+    b, f = result["base"]["t2v"], result["finetuned"]["t2v"]
+    err.print(f"t2v R@1 on {result['eval_clips']} eval clips: base {b['r1']:.1f} -> fine-tuned {f['r1']:.1f}")
+    typer.echo(f"run written to {target}  (next: vqtool export {target})")
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run dir from `vqtool finetune`.")],
+    output_dir: Annotated[Optional[Path], typer.Option(help="Export dir (default: exports/RUN_NAME).")] = None,
+    force: ForceOpt = False,
+    variants: Annotated[Optional[str], typer.Option(help="Comma list, e.g. fp32,int8 (default: the recipe's).")] = None,
+):
+    """Merge adapters, export ONNX (uint8 frames in), quantize and check parity of every variant."""
+    require_train_extra()
+    from export.pipeline import export_run
+
+    target = output_dir or Path("exports") / Path(run_dir).resolve().name
+    chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+    parity = export_run(Path(run_dir), target, force, chosen, reporter())
+    typer.echo((target / "parity.md").read_text())
+    typer.echo(f"export written to {target}")
+    if not parity["passed"]:
+        raise VqtoolError(f"parity gate failed (files kept in {target} for inspection); see parity.md") from None
+
+
+@app.command()
+def infer(
+    export_dir: Annotated[Path, typer.Argument(help="An export dir from `vqtool export`.")],
+    video: Annotated[list[Path], typer.Option("--video", help="Video file (repeatable).")],
+    text: Annotated[list[str], typer.Option("--text", help="Caption to score (repeatable).")],
+    variant: Annotated[str, typer.Option(help="Which graph variant to run, e.g. fp32 or int8.")] = "fp32",
+    providers: Annotated[str, typer.Option(help="auto, or an ONNX Runtime provider name.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads (default: ONNX Runtime's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """Score videos against captions with ONNX Runtime only (no torch needed)."""
+    from export.runtime import VideoTextRuntime
+
+    rt = VideoTextRuntime(export_dir, variant=variant, providers=providers, threads=threads)
+    embeds, indices = zip(*(rt.encode_video(v) for v in video))
+    import numpy as np
+
+    scores = np.concatenate(embeds) @ rt.encode_text(list(text)).T
+    if as_json:
+        out = {"videos": [str(v) for v in video], "texts": list(text), "scores": scores.round(6).tolist(),
+               "frame_indices": np.concatenate(indices).tolist(), "variant": variant, "providers": rt.providers}
+        typer.echo(json.dumps(out))
+        return
+    print_scores(video, text, scores, rt.providers[0])
+
+
+def print_scores(videos, texts, scores, provider: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"cosine similarity ({provider})")
+    table.add_column("video")
+    for t in texts:
+        table.add_column(t, justify="right")
+    for v, row in zip(videos, scores):
+        best = row.argmax()
+        table.add_row(str(v), *[f"[bold]{s:.3f}[/bold]" if i == best else f"{s:.3f}" for i, s in enumerate(row)])
+    Console().print(table)
+
+
+@recipe_app.command("validate")
+def recipe_validate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML to check.")],
+    set_: SetOpt = [],
+    show: Annotated[bool, typer.Option(help="Print the resolved recipe.")] = False,
+):
+    """Check a recipe (and overrides) without loading any model."""
+    from toolchain.recipe import dump_recipe, load_recipe
+
+    cfg = load_recipe(recipe, set_)
+    if show:
+        typer.echo(dump_recipe(cfg))
+    typer.echo(f"{recipe}: ok ({cfg.adapters.quantization} base, LoRA rank {cfg.adapters.rank}, K={cfg.frames.k})")
+
+
+@data_app.command("synth")
+def data_synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for videos/, train.jsonl and eval.jsonl.")],
+    videos: Annotated[int, typer.Option(help="Number of training clips (eval is one clip per caption: 48).")] = 192,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed renders the same clips.")] = 0,
+):
+    """Render the synthetic shapes dataset as real video files (PyAV) plus JSONL captions."""
+    from toolchain.data.synth import synthesize
+
+    with reporter().task("rendering videos", None) as t:
+        summary = synthesize(out_dir, videos=videos, seed=seed, progress=t.progress)
+    typer.echo(f"wrote {summary['train']} train and {summary['eval']} eval clips to {out_dir}")
+
+
+def main() -> None:
+    try:
+        app()
+    except VqtoolError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,28 @@
+"""Make sure a recipe's annotation files exist, generating the synthetic set on first use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolchain.errors import DataError
+from toolchain.recipe import DataSection
+
+
+def ensure_data(data: DataSection, report) -> tuple[Path, Path]:
+    train, evalf = Path(data.train), Path(data.eval)
+    if train.is_file() and evalf.is_file():
+        return train, evalf
+    if not data.synthesize_if_missing:
+        missing = train if not train.is_file() else evalf
+        raise DataError(f"data: annotation file {missing} not found; fix data.train/data.eval in the recipe")
+    if train.parent != evalf.parent or train.name != "train.jsonl" or evalf.name != "eval.jsonl":
+        raise DataError(
+            "data.synthesize_if_missing needs data.train and data.eval to be DIR/train.jsonl and DIR/eval.jsonl "
+            f"(got {train} and {evalf}); or generate the set yourself with `vqtool data synth DIR`"
+        )
+    from toolchain.data.synth import synthesize
+
+    report.say(f"generating the synthetic shapes set in {train.parent} (first use)")
+    with report.task("rendering videos", None) as t:
+        synthesize(train.parent, videos=data.synth_videos, seed=data.synth_seed, progress=t.progress)
+    return train, evalf

@@ -1,0 +1,176 @@
+"""The synthetic "shapes" dataset: coloured shapes moving one way, rendered to real video files."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import uuid
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import av
+import numpy as np
+
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 80, 230),
+    "yellow": (230, 220, 40),
+}
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = ("left", "right", "up", "down")
+BACKGROUND = 30
+
+# Unit step of each direction in image coordinates (x right, y down).
+_STEPS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+# Low CRF keeps the flat colours close to their RGB values after yuv420p.
+_CODEC_OPTIONS = {"libx264": {"crf": "12", "preset": "ultrafast"}}
+
+
+def caption(color: str, shape: str, direction: str) -> str:
+    return f"a {color} {shape} moves {direction}"
+
+
+def blank_frame(h: int, w: int) -> np.ndarray:
+    return np.full((h, w, 3), BACKGROUND, dtype=np.uint8)
+
+
+def shape_mask(h: int, w: int, shape: str, center_xy: tuple[float, float], size: int) -> np.ndarray:
+    """Boolean HxW mask of a filled shape whose bounding box is `size` pixels wide."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5  # pixel centres
+    dx, dy = xx - center_xy[0], yy - center_xy[1]
+    r = size / 2
+    if shape == "circle":
+        return dx * dx + dy * dy <= r * r
+    if shape == "square":
+        return (np.abs(dx) <= r) & (np.abs(dy) <= r)
+    if shape == "triangle":
+        # Isosceles, apex up: half-width grows from 0 at the top to r at the base.
+        depth = dy + r
+        return (depth >= 0) & (dy <= r) & (np.abs(dx) <= depth / 2)
+    raise ValueError(f"unknown shape {shape!r}; choose one of {SHAPES}")
+
+
+def draw_shape(frame: np.ndarray, shape: str, color_rgb, center_xy: tuple[float, float], size: int) -> None:
+    h, w = frame.shape[:2]
+    frame[shape_mask(h, w, shape, center_xy, size)] = color_rgb
+
+
+def _clip_size(rng: np.random.Generator) -> tuple[int, int]:
+    while True:
+        w = 2 * int(rng.integers(32, 57))
+        h = 2 * int(rng.integers(24, 45))
+        if w != h:
+            return h, w
+
+
+def _motion_endpoints(rng: np.random.Generator, h: int, w: int, size: int, direction: str):
+    """Start and end centres of a straight move that stays inside the frame."""
+    sx, sy = _STEPS[direction]
+    half = size / 2
+    along = w if sx else h
+    across = h if sx else w
+    dist = rng.uniform(0.35, 0.5) * along
+    # The visited segment [lo, lo + dist] is drawn the same way for every direction,
+    # so only the frame order tells "left" from "right".
+    lo = rng.uniform(half, along - half - dist)
+    start, end = (lo, lo + dist) if (sx + sy) > 0 else (lo + dist, lo)
+    cross = rng.uniform(half, across - half)
+    if sx:
+        return (start, cross), (end, cross)
+    return (cross, start), (cross, end)
+
+
+def render_clip(rng: np.random.Generator, color: str, shape: str, direction: str) -> np.ndarray:
+    h, w = _clip_size(rng)
+    n = int(rng.integers(16, 41))
+    size = min(h, w) // 4
+    start, end = _motion_endpoints(rng, h, w, size, direction)
+    move_start = rng.uniform(0.2, 0.35) * n
+    move_len = rng.uniform(0.3, 0.5) * n
+    frames = np.empty((n, h, w, 3), dtype=np.uint8)
+    for t in range(n):
+        p = min(max((t - move_start) / move_len, 0.0), 1.0)
+        center = (start[0] + p * (end[0] - start[0]), start[1] + p * (end[1] - start[1]))
+        frames[t] = blank_frame(h, w)
+        draw_shape(frames[t], shape, COLORS[color], center, size)
+    return frames
+
+
+def _temp_path(path: Path) -> Path:
+    # Keep the extension so the container format is guessed from the name.
+    return path.with_name(f".tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "libx264") -> None:
+    path = Path(path)
+    tmp = _temp_path(path)
+    try:
+        with av.open(str(tmp), "w") as container:
+            stream = container.add_stream(codec, rate=fps)
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            stream.time_base = Fraction(1, fps)
+            stream.options = _CODEC_OPTIONS.get(codec, {})
+            for i, rgb in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                frame.pts = i
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = _temp_path(path)
+    try:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _train_specs(rng: np.random.Generator, videos: int) -> list[tuple[str, str, str]]:
+    colors = list(COLORS)
+    return [
+        (
+            colors[rng.integers(len(colors))],
+            SHAPES[rng.integers(len(SHAPES))],
+            DIRECTIONS[rng.integers(len(DIRECTIONS))],
+        )
+        for _ in range(videos)
+    ]
+
+
+def synthesize(
+    out_dir: Path,
+    videos: int = 192,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    out_dir = Path(out_dir)
+    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+    train_rng = np.random.default_rng([seed, 0])
+    eval_rng = np.random.default_rng([seed, 1])
+    splits = {
+        "train": (train_rng, _train_specs(train_rng, videos)),
+        # One clip per combination, so every eval caption is unique.
+        "eval": (eval_rng, list(itertools.product(COLORS, SHAPES, DIRECTIONS))),
+    }
+    total = sum(len(specs) for _, specs in splits.values())
+    done = 0
+    for split, (rng, specs) in splits.items():
+        rows = []
+        for i, (color, shape, direction) in enumerate(specs):
+            rel = f"videos/{split}_{i:04d}.mp4"
+            write_video(out_dir / rel, render_clip(rng, color, shape, direction))
+            rows.append({"video": rel, "caption": caption(color, shape, direction)})
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        _write_jsonl(out_dir / f"{split}.jsonl", rows)
+    return {"train": videos, "eval": len(splits["eval"][1]), "dir": str(out_dir)}

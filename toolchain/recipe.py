@@ -1,0 +1,210 @@
+"""Typed recipe schema: load a YAML recipe, apply dotted overrides, validate before any model loads."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from toolchain.errors import RecipeError
+
+Variant = Literal["fp32", "fp16", "int8", "int8-static", "int4"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    family: Literal["clip"] = "clip"
+    name_or_path: str = "tiny-video-clip"
+    pooling: Literal["mean"] = "mean"
+
+
+class DataSection(Section):
+    format: Literal["jsonl"] = "jsonl"
+    train: str = "data/shapes/train.jsonl"
+    eval: str = "data/shapes/eval.jsonl"
+    synthesize_if_missing: bool = True
+    synth_videos: int = Field(192, ge=1)
+    synth_seed: int = 0
+
+
+class FramesSection(Section):
+    k: int = Field(8, ge=1, le=256)
+    selector: Literal["uniform"] = "uniform"
+    decode_max_frames: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _budget_fits(self):
+        if self.decode_max_frames < self.k:
+            raise ValueError(
+                f"frames.decode_max_frames ({self.decode_max_frames}) must be >= frames.k ({self.k})"
+            )
+        return self
+
+
+class AdaptersSection(Section):
+    quantization: Literal["nf4", "fp4", "int8", "none"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+class TrainSection(Section):
+    max_steps: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(16, ge=2)
+    grad_accumulation: int = Field(1, ge=1)
+    seed: int = 0
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    log_every: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _one_length(self):
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError(
+                "can't set both train.max_steps and train.epochs: choose one "
+                "(e.g. --set train.epochs=null)"
+            )
+        return self
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        if self.epochs is not None:
+            return max(1, self.epochs * batches_per_epoch // self.grad_accumulation)
+        return DEFAULT_MAX_STEPS
+
+
+DEFAULT_MAX_STEPS = 200
+
+
+class EvalSection(Section):
+    batch_size: int = Field(64, ge=1)
+
+
+class GateSection(Section):
+    min_cosine: float = Field(..., ge=-1, le=1)
+    max_r1_drop: float = Field(..., ge=0)
+
+
+DEFAULT_GATES = {
+    "fp32": {"min_cosine": 0.9999, "max_r1_drop": 0.0},
+    "fp16": {"min_cosine": 0.999, "max_r1_drop": 1.0},
+    "int8": {"min_cosine": 0.99, "max_r1_drop": 1.0},
+    "int8-static": {"min_cosine": 0.99, "max_r1_drop": 1.0},
+    "int4": {"min_cosine": 0.98, "max_r1_drop": 2.0},
+}
+
+
+class ExportSection(Section):
+    variants: list[Variant] = ["fp32", "int8"]
+    opset: int = Field(18, ge=17)
+    parity: dict[Variant, GateSection] = Field(
+        default_factory=lambda: {k: GateSection(**v) for k, v in DEFAULT_GATES.items()}
+    )
+    latency_runs: int = Field(20, ge=1)
+    threads: int = Field(2, ge=1)
+
+    def gate(self, variant: str) -> GateSection:
+        return self.parity.get(variant) or GateSection(**DEFAULT_GATES[variant])
+
+
+class Recipe(Section):
+    name: str = "run"
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    frames: FramesSection = FramesSection()
+    adapters: AdaptersSection = AdaptersSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+    export: ExportSection = ExportSection()
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe, apply `key.sub=value` overrides and validate it all at once."""
+    raw = read_yaml(Path(path))
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_recipe(raw, source=str(path))
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}. Check the path (recipes live in recipes/).")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path} must be a mapping of sections (model, data, ...), got {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set a dotted key from `--set a.b=value`; the value is parsed as YAML (1e-4, true, [a, b])."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = parse_value(text)
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        lines = [describe_error(err) for err in exc.errors()]
+        raise RecipeError(f"{source}: {len(lines)} problem(s)\n" + "\n".join(f"  - {x}" for x in lines)) from None
+
+
+def describe_error(err: dict) -> str:
+    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
+    key = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}'" + suggest(loc)
+    if err["type"] == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"{key}: {err['input']!r} is not allowed; choose one of {allowed}"
+    return f"{key}: {err['msg']} (got {err.get('input')!r})" if loc else err["msg"]
+
+
+def suggest(loc: list[str]) -> str:
+    model: type[BaseModel] | None = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if model else None
+        ann = field.annotation if field else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    if model is None:
+        return ""
+    names = list(model.model_fields)
+    close = difflib.get_close_matches(loc[-1], names, n=1)
+    where = ".".join(loc[:-1])
+    hint = f"; did you mean '{'.'.join(loc[:-1] + close[:1])}'?" if close else ""
+    return f"{hint or '.'} Valid keys{' in ' + where if where else ''}: {', '.join(names)}"
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,50 @@
+"""Output directories written atomically: build in a hidden temp dir, rename into place at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from toolchain.errors import VqtoolError
+
+
+def check_target(target: Path, force: bool) -> None:
+    """Refuse to touch an existing directory unless --force; fail before any work is done."""
+    if target.exists() and not force:
+        raise VqtoolError(f"{target} already exists; pass --force to replace it, or choose --output-dir")
+    if target.exists() and not target.is_dir():
+        raise VqtoolError(f"{target} exists and is not a directory; remove it or choose --output-dir")
+
+
+def start(target: Path) -> Path:
+    """A fresh temp dir beside `target` (same filesystem, so the final rename is atomic)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; the result should read like any other directory
+    return tmp
+
+
+def finish(tmp: Path, target: Path) -> Path:
+    """Move the finished temp dir into place; an old target (only there with --force) goes last."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically (temp name, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")

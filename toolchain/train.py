@@ -1,0 +1,155 @@
+"""Fine-tuning, top to bottom: data -> 4-bit base + LoRA -> contrastive training -> eval -> run dir."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from export.tokenize import encode_texts, load_tokenizer
+from toolchain import rundir
+from toolchain.adapters.qlora import add_lora, bnb_config, keep_training_layout, trainable_parameters
+from toolchain.data.clips import ClipSet, caption_targets, load_clips
+from toolchain.data.prepare import ensure_data
+from toolchain.evaluate import retrieval_metrics
+from toolchain.models.build import BaseInfo, base_info, load_clip
+from toolchain.models.video_clip import VideoCLIP
+from toolchain.progress import Reporter
+from toolchain.recipe import Recipe, TrainSection, dump_recipe
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_video_model(recipe: Recipe, info: BaseInfo, clip) -> VideoCLIP:
+    f = recipe.frames
+    return VideoCLIP(clip, f.k, f.selector, info.image_size, info.mean, info.std)
+
+
+def build_trainable(recipe: Recipe, info: BaseInfo, device: str) -> VideoCLIP:
+    """The model as trained: quantized frozen base (per recipe) plus LoRA adapters."""
+    clip = load_clip(info.path, bnb_config(recipe.adapters), device)
+    keep_training_layout(clip)
+    return build_video_model(recipe, info, add_lora(clip, recipe.adapters))
+
+
+def tokenize(info: BaseInfo, captions: list[str], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = encode_texts(load_tokenizer(info.tokenizer, info.max_text_len), captions)
+    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+
+
+@torch.no_grad()
+def embed_set(model: VideoCLIP, clips: ClipSet, ids, mask, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    dev = ids.device
+    vids = [model.encode_pixels(clips.pixels[i : i + batch].to(dev)) for i in range(0, len(clips.captions), batch)]
+    txts = [model.encode_text(ids[i : i + batch], mask[i : i + batch]) for i in range(0, len(ids), batch)]
+    return torch.cat(vids).cpu(), torch.cat(txts).cpu()
+
+
+def evaluate_model(model: VideoCLIP, clips: ClipSet, ids, mask, batch: int) -> dict:
+    video, text = embed_set(model, clips, ids, mask, batch)
+    return retrieval_metrics((text @ video.T).numpy())
+
+
+def lr_lambda(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return factor
+
+
+def batch_stream(n: int, batch: int, seed: int):
+    """Endless shuffled mini-batches of clip indices, reproducible from the seed."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - batch + 1, batch):
+            yield perm[i : i + batch]
+
+
+def contrastive_loss(model: VideoCLIP, pixels, ids, mask, captions: list[str]) -> torch.Tensor:
+    video = model.encode_pixels(pixels)
+    text = model.encode_text(ids, mask)
+    logits = model.logit_scale() * video @ text.T
+    target = caption_targets(captions).to(logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def train_loop(model: VideoCLIP, clips: ClipSet, ids, mask, cfg: TrainSection, metrics_path: Path, report: Reporter):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batch = min(cfg.batch_size, len(clips.captions))
+    total = cfg.total_steps(max(1, len(clips.captions) // batch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, total))
+    stream = batch_stream(len(clips.captions), batch, cfg.seed)
+    dev, t0 = ids.device, time.perf_counter()
+    model.train()
+    with open(metrics_path, "a") as log, report.task("fine-tuning", total) as advance:
+        for step in range(1, total + 1):
+            for _ in range(cfg.grad_accumulation):
+                idx = next(stream)
+                caps = [clips.captions[i] for i in idx.tolist()]
+                loss = contrastive_loss(model, clips.pixels[idx].to(dev), ids[idx], mask[idx], caps)
+                (loss / cfg.grad_accumulation).backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if step % cfg.log_every == 0 or step == total:
+                row = {"step": step, "loss": round(loss.item(), 5), "lr": sched.get_last_lr()[0],
+                       "elapsed_s": round(time.perf_counter() - t0, 2)}
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+            advance(1, f"loss {loss.item():.3f}")
+    return total
+
+
+def finetune(recipe: Recipe, run_dir: Path, force: bool, report: Reporter) -> dict:
+    """Run the whole fine-tune and write run_dir atomically; returns eval.json's content."""
+    rundir.check_target(run_dir, force)
+    torch.manual_seed(recipe.train.seed)
+    train_file, eval_file = ensure_data(recipe.data, report)
+    info, device = base_info(recipe.model.name_or_path), pick_device()
+    model = build_trainable(recipe, info, device)
+    n_train, n_total = trainable_parameters(model)
+    report.say(f"base {recipe.model.name_or_path}: {n_total:,} parameters, {n_train:,} trainable "
+               f"({100 * n_train / n_total:.2f}%), quantization {recipe.adapters.quantization}, device {device}")
+    mf = recipe.frames.decode_max_frames
+    with report.task("decoding train videos", None) as adv:
+        train = load_clips(train_file, model.prepare_frames, mf, adv.progress)
+    with report.task("decoding eval videos", None) as adv:
+        evalset = load_clips(eval_file, model.prepare_frames, mf, adv.progress)
+    report.skipped(train.skipped + evalset.skipped)
+    tr_ids, tr_mask = tokenize(info, train.captions, device)
+    ev_ids, ev_mask = tokenize(info, evalset.captions, device)
+    tmp = rundir.start(run_dir)
+    rundir.write_text(tmp / "recipe.yaml", dump_recipe(resolved(recipe, train_file, eval_file)))
+    base = evaluate_model(model, evalset, ev_ids, ev_mask, recipe.eval.batch_size)
+    t0 = time.perf_counter()
+    steps = train_loop(model, train, tr_ids, tr_mask, recipe.train, tmp / "metrics.jsonl", report)
+    train_s = time.perf_counter() - t0
+    tuned = evaluate_model(model, evalset, ev_ids, ev_mask, recipe.eval.batch_size)
+    model.clip.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
+    result = {
+        "base": base, "finetuned": tuned, "eval_clips": len(evalset.captions), "train_clips": len(train.captions),
+        "steps": steps, "train_seconds": round(train_s, 2), "trainable_params": n_train, "total_params": n_total,
+        "skipped": [{"video": v, "reason": r} for v, r in train.skipped + evalset.skipped],
+    }
+    rundir.write_json(tmp / "eval.json", result)
+    rundir.finish(tmp, run_dir)
+    return result
+
+
+def resolved(recipe: Recipe, train_file: Path, eval_file: Path) -> Recipe:
+    """The recipe as run: data paths made absolute so `vqtool export RUN_DIR` needs nothing else."""
+    out = recipe.model_copy(deep=True)
+    out.data.train, out.data.eval = str(train_file.resolve()), str(eval_file.resolve())
+    out.data.synthesize_if_missing = False
+    return out
