@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from toolchain.adapters.qlora import bnb_config, keep_training_layout
+from toolchain.adapters.temporal import load_temporal, side_branch
 from toolchain.errors import VqtoolError
 from toolchain.models.build import BaseInfo, base_info, load_clip
 from toolchain.models.video_clip import VideoCLIP
@@ -32,8 +33,11 @@ def load_as_trained(run_dir: Path, recipe: Recipe, info: BaseInfo) -> VideoCLIP:
 
     clip = load_clip(info.path, bnb_config(recipe.adapters))
     keep_training_layout(clip)
-    peft = PeftModel.from_pretrained(clip, str(Path(run_dir) / "adapter"), is_trainable=False)
-    return build_video_model(recipe, info, peft).eval()
+    adapter_dir = Path(run_dir) / "adapter"
+    model = build_video_model(recipe, info, PeftModel.from_pretrained(clip, str(adapter_dir), is_trainable=False))
+    if recipe.adapters.temporal.enabled:
+        load_temporal(model.clip, adapter_dir, recipe.adapters.temporal, recipe.frames.k, model.temporal)
+    return model.eval()
 
 
 def dense_linear(module: nn.Module, delta: torch.Tensor | None = None) -> nn.Linear:
@@ -60,6 +64,7 @@ def is_quantized_linear(module: nn.Module) -> bool:
 def merge_static_adapters(peft_model: nn.Module, adapter: str = "default") -> nn.Module:
     """Return the base model with every LoRA product merged and every quantized linear made dense.
 
+    Temporal LoRA layers keep their gated residual as a side branch (it cannot merge).
     Merging into the *dequantized* base (not the original fp32 checkpoint) keeps the exported model
     equal to the one that was trained and evaluated, so parity is exact up to float rounding.
     """
@@ -72,6 +77,8 @@ def merge_static_adapters(peft_model: nn.Module, adapter: str = "default") -> nn
             continue
         if isinstance(module, LoraLayer):
             new = dense_linear(module.get_base_layer(), module.get_delta_weight(adapter))
+            if hasattr(module, "temporal_params"):
+                new = side_branch(module, new, adapter)
         elif is_quantized_linear(module):
             new = dense_linear(module)
         else:

@@ -13,13 +13,13 @@ import torch
 from export.merge import merged_model
 from export.onnx_export import FORMAT_VERSION, export_text_encoder, export_video_encoder
 from export.parity import ParityInputs, compare, gate_failures, latency, onnx_outputs, torch_outputs
-from export.quantize import make_variant, variant_path
+from export.quantize import SUPPORTED, make_variant, variant_path
 from export.report import parity_markdown
 from export.tokenize import encode_texts, load_tokenizer
 from toolchain import rundir
 from toolchain.data.annotations import load_jsonl
 from toolchain.data.video import decode_video
-from toolchain.errors import DataError, VideoReadError
+from toolchain.errors import DataError, VideoReadError, VqtoolError
 
 
 def sha256(path: Path) -> str:
@@ -47,7 +47,17 @@ def graph_metadata(recipe, info) -> dict:
     }
 
 
-def manifest(recipe, info, run_dir: Path, files: dict, dim: int) -> dict:
+def temporal_summary(recipe, info, merged) -> dict | None:
+    if not recipe.adapters.temporal.enabled:
+        return None
+    from toolchain.adapters.temporal import branch_cost
+
+    cfg = merged.clip.config.vision_config
+    tokens = (cfg.image_size // cfg.patch_size) ** 2 + 1
+    return {**recipe.adapters.temporal.model_dump(), **branch_cost(merged.clip, tokens)}
+
+
+def manifest(recipe, info, run_dir: Path, files: dict, dim: int, temporal: dict | None) -> dict:
     return {
         "format": FORMAT_VERSION,
         "name": recipe.name,
@@ -66,6 +76,7 @@ def manifest(recipe, info, run_dir: Path, files: dict, dim: int) -> dict:
                      "outputs": {"text_embeds": f"float32 [batch, {dim}] L2-normalised"}},
         },
         "embedding_dim": dim,
+        "temporal": temporal,
         "variants": files,
     }
 
@@ -85,14 +96,34 @@ def check_variant(name, files, out_dir, reference, inputs, merged, recipe) -> di
     return {"file": files["video"], "size_mb": round(size, 3), "passed": not failures, "failures": failures, **result}
 
 
+def check_variants(variants: list[str]) -> list[str]:
+    unknown = [v for v in variants if v not in SUPPORTED]
+    if unknown:
+        raise VqtoolError(f"export variant(s) {unknown} not available; choose from {', '.join(SUPPORTED)}")
+    return variants if "fp32" in variants else ["fp32", *variants]  # the others derive from fp32
+
+
 def export_run(run_dir: Path, out_dir: Path, force: bool, variants: list[str] | None, report) -> dict:
     """Build the export dir atomically; returns the parity report (its `passed` decides the exit code)."""
     rundir.check_target(out_dir, force)
+    if variants:
+        check_variants(variants)
     trained, merged, recipe, info = merged_model(run_dir)
-    variants = variants or list(recipe.export.variants)
-    if "fp32" not in variants:
-        variants = ["fp32", *variants]  # every other variant is derived from it
-    tmp = rundir.start(out_dir)
+    variants = check_variants(variants or list(recipe.export.variants))
+    temporal = temporal_summary(recipe, info, merged)
+    if temporal:
+        report.say(f"temporal side branch: {temporal['branch_params']:,} parameters, "
+                   f"{100 * temporal['branch_flop_share']:.2f}% of the video encoder's FLOPs")
+    with rundir.building(out_dir) as tmp:
+        files = write_graphs(tmp, merged, recipe, info, variants, report)
+        parity = check_parity(tmp, trained, merged, recipe, info, files, report)
+        rundir.write_json(tmp / "manifest.json", manifest(recipe, info, run_dir, files, parity.pop("dim"), temporal))
+        rundir.write_json(tmp / "parity.json", parity)
+        rundir.write_text(tmp / "parity.md", parity_markdown(parity))
+    return parity
+
+
+def write_graphs(tmp: Path, merged, recipe, info, variants: list[str], report) -> dict:
     meta = graph_metadata(recipe, info)
     with report.task("exporting ONNX graphs", 2) as step:
         video = export_video_encoder(merged, tmp / "video_encoder.onnx", recipe.export.opset, meta)
@@ -105,26 +136,25 @@ def export_run(run_dir: Path, out_dir: Path, force: bool, variants: list[str] | 
         for v in variants:
             make_variant(video, v), make_variant(text, v)
             files[v] = {"video": variant_path(video, v).name, "text": variant_path(text, v).name}
+            files[v]["sha256"] = {k: sha256(tmp / files[v][k]) for k in ("video", "text")}
             step(1, v)
+    return files
+
+
+def check_parity(tmp: Path, trained, merged, recipe, info, files: dict, report) -> dict:
     inputs = parity_inputs(recipe, info)
     reference = torch_outputs(trained, inputs)
     merged_ref = torch_outputs(merged, inputs)
     torch.set_num_threads(recipe.export.threads)
     results = {}
-    with report.task("checking parity", len(variants)) as step:
-        for v in variants:
-            results[v] = check_variant(v, files[v], tmp, reference, inputs, merged, recipe)
+    with report.task("checking parity", len(files)) as step:
+        for v, f in files.items():
+            results[v] = check_variant(v, f, tmp, reference, inputs, merged, recipe)
             step(1, v)
-    for v in variants:
-        files[v]["sha256"] = {k: sha256(tmp / files[v][k]) for k in ("video", "text")}
-    rundir.write_json(tmp / "manifest.json", manifest(recipe, info, run_dir, files, reference.video.shape[1]))
-    parity = {
+    return {
         "format": 1, "passed": all(r["passed"] for r in results.values()), "variants": results,
         "reference": "PyTorch as trained (quantized base + adapters)", "eval_clips": len(inputs.clips),
         "threads": recipe.export.threads,
         "merged_vs_trained": compare(reference, merged_ref)["video"] | {"note": "float32 merged PyTorch vs as trained"},
+        "dim": int(reference.video.shape[1]),
     }
-    rundir.write_json(tmp / "parity.json", parity)
-    rundir.write_text(tmp / "parity.md", parity_markdown(parity))
-    rundir.finish(tmp, out_dir)
-    return parity

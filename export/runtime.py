@@ -19,7 +19,12 @@ def read_manifest(export_dir: Path) -> dict:
     path = Path(export_dir) / "manifest.json"
     if not path.is_file():
         raise VqtoolError(f"{export_dir} has no manifest.json; make an export dir with: vqtool export RUN_DIR")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VqtoolError(f"{path} is not valid JSON ({exc}); re-create it with: vqtool export RUN_DIR --force") from None
+    if not isinstance(manifest, dict):
+        raise VqtoolError(f"{path} must hold a JSON object; re-create it with: vqtool export RUN_DIR --force")
     fmt = manifest.get("format")
     if not isinstance(fmt, int) or fmt > MANIFEST_FORMAT:
         raise VqtoolError(

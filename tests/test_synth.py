@@ -108,10 +108,14 @@ def test_shape_moves_in_captioned_direction(dataset):
         assert np.abs(xy[-2:] - xy[-1]).max() < 0.5, f"{sample.video} not static at the end"
         dx, dy = xy[-1] - xy[0]
         _, h, w, _ = frames.shape
-        expected = {"left": -dx / w, "right": dx / w, "up": -dy / h, "down": dy / h}[direction]
+        side = min(h, w)
+        expected = {"left": -dx, "right": dx, "up": -dy, "down": dy}[direction] / side
         across = abs(dy) if direction in ("left", "right") else abs(dx)
-        assert 0.3 < expected < 0.55, f"{sample.video}: moved {expected:.2f} of the frame"
+        assert 0.3 < expected < 0.55, f"{sample.video}: moved {expected:.2f} of the centre square"
         assert across < 1.0
+        # the whole path stays inside the centred square a CLIP centre crop keeps
+        lo = np.array([(w - side) / 2, (h - side) / 2])
+        assert (xy >= lo).all() and (xy <= lo + side).all(), f"{sample.video} leaves the centre square"
 
 
 def decoded_split(out, split, limit=6):

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from toolchain.errors import MissingExtraError, VqtoolError
 
@@ -29,14 +30,14 @@ TRAIN_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "onnx", "safet
 
 
 def require_train_extra() -> None:
+    from toolchain.quiet import quiet_libraries
+
+    quiet_libraries()  # before the imports: bitsandbytes logs about optional kernels on import
     for module in TRAIN_MODULES:
         try:
             importlib.import_module(module)
         except ImportError:
             raise MissingExtraError(module, "train") from None
-    from toolchain.quiet import quiet_libraries
-
-    quiet_libraries()
 
 
 def reporter(quiet: bool = False):
@@ -158,7 +159,7 @@ def main() -> None:
     try:
         app()
     except VqtoolError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -14,9 +14,22 @@ def ranks_of_truth(sim: np.ndarray) -> np.ndarray:
     return (sim >= truth).sum(axis=1)
 
 
-def retrieval_metrics(sim_t2v: np.ndarray) -> dict:
-    """sim_t2v: [texts, videos] with text i describing video i."""
+def within_group_r1(sim_t2v: np.ndarray, groups: list) -> float | None:
+    """t2v R@1 when each text competes only against videos of its own group (e.g. same colour and
+    shape, so only the direction differs); None when no group has two members."""
+    keys = np.array([str(g) for g in groups])
+    same = keys[:, None] == keys[None, :]
+    if same.sum() <= len(keys):
+        return None
+    masked = np.where(same, sim_t2v, -np.inf)
+    return 100.0 * float(np.mean(ranks_of_truth(masked) <= 1))
+
+
+def retrieval_metrics(sim_t2v: np.ndarray, groups: list | None = None) -> dict:
+    """sim_t2v: [texts, videos] with text i describing video i; `groups` adds a within-group R@1."""
     out = {}
+    if groups is not None:
+        out["t2v_within_group_r1"] = within_group_r1(sim_t2v, groups)
     for name, sim in (("t2v", sim_t2v), ("v2t", sim_t2v.T)):
         r = ranks_of_truth(sim)
         out[name] = {

@@ -33,7 +33,35 @@ def select_frames(frames: torch.Tensor, k: int, selector: str = "uniform") -> to
     return idx.unsqueeze(0).expand(frames.shape[0], k) if batched else idx
 
 
+MOTION_GRID = 16
+LUMA_DROP_BITS = 2  # ignore the lowest bits, so codec noise of ±1 LSB barely moves the score
+
+
+def coarse_luma(frames: torch.Tensor, grid: int = MOTION_GRID) -> torch.Tensor:
+    """uint8 [B,N,H,W,3] -> int32 [B,N,grid,grid]: integer BT.601 luma on a fixed sample grid."""
+    h, w = frames.shape[2], frames.shape[3]
+    rows = uniform_indices(h, grid)
+    cols = uniform_indices(w, grid)
+    px = frames[:, :, rows][:, :, :, cols].to(torch.int32)
+    luma = (px[..., 0] * 77 + px[..., 1] * 150 + px[..., 2] * 29) // 256
+    return luma // (1 << LUMA_DROP_BITS)
+
+
+def motion_energy(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,N,H,W,3] -> int32 [B,N]: summed |luma - previous frame's luma| on the coarse grid.
+
+    The first frame has no predecessor and scores 0. Integer arithmetic only.
+    """
+    luma = coarse_luma(frames)
+    diff = (luma[:, 1:] - luma[:, :-1]).abs().sum(dim=(2, 3))
+    first = torch.zeros_like(luma[:, :1, 0, 0])  # also right for a 1-frame clip, where diff is empty
+    return torch.cat([first, diff], dim=1)
+
+
+MOTION_SCALE = float(MOTION_GRID * MOTION_GRID * (255 >> LUMA_DROP_BITS))
+
+
 def gather_frames(frames: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """frames [B,N,H,W,3] and indices [B,K] -> [B,K,H,W,3]."""
+    """frames [B,N,...] and indices [B,K] -> [B,K,...]."""
     b = torch.arange(frames.shape[0], dtype=torch.int64).unsqueeze(1)
     return frames[b, indices]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from toolchain.errors import RecipeError
 
-Variant = Literal["fp32", "fp16", "int8", "int8-static", "int4"]
+Variant = Literal["fp32", "int8"]  # exportable today; fp16, int8-static and int4 have gates ready
+GateName = Literal["fp32", "fp16", "int8", "int8-static", "int4"]
 
 
 class Section(BaseModel):
@@ -47,6 +49,19 @@ class FramesSection(Section):
         return self
 
 
+class TemporalSection(Section):
+    enabled: bool = False
+    kernel: int = Field(3, ge=1, le=15)
+    gate: Literal["motion", "position", "both", "none"] = "both"
+    layers: Literal["all"] | list[int] = "all"
+
+    @model_validator(mode="after")
+    def _odd_kernel(self):
+        if self.kernel % 2 == 0:
+            raise ValueError(f"adapters.temporal.kernel must be odd (centred on the frame), got {self.kernel}")
+        return self
+
+
 class AdaptersSection(Section):
     quantization: Literal["nf4", "fp4", "int8", "none"] = "nf4"
     double_quant: bool = True
@@ -55,6 +70,7 @@ class AdaptersSection(Section):
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = ["q_proj", "k_proj", "v_proj", "out_proj"]
+    temporal: TemporalSection = TemporalSection()
 
 
 class TrainSection(Section):
@@ -93,8 +109,8 @@ class EvalSection(Section):
 
 
 class GateSection(Section):
-    min_cosine: float = Field(..., ge=-1, le=1)
-    max_r1_drop: float = Field(..., ge=0)
+    min_cosine: float | None = Field(None, ge=-1, le=1)
+    max_r1_drop: float | None = Field(None, ge=0)
 
 
 DEFAULT_GATES = {
@@ -109,14 +125,14 @@ DEFAULT_GATES = {
 class ExportSection(Section):
     variants: list[Variant] = ["fp32", "int8"]
     opset: int = Field(18, ge=17)
-    parity: dict[Variant, GateSection] = Field(
-        default_factory=lambda: {k: GateSection(**v) for k, v in DEFAULT_GATES.items()}
-    )
+    parity: dict[GateName, GateSection] = Field(default_factory=dict)
     latency_runs: int = Field(20, ge=1)
     threads: int = Field(2, ge=1)
 
     def gate(self, variant: str) -> GateSection:
-        return self.parity.get(variant) or GateSection(**DEFAULT_GATES[variant])
+        """The recipe's thresholds for a variant; unset fields take the defaults."""
+        given = self.parity.get(variant, GateSection()).model_dump(exclude_none=True)
+        return GateSection(**{**DEFAULT_GATES[variant], **given})
 
 
 class Recipe(Section):
@@ -165,11 +181,18 @@ def apply_override(raw: dict, item: str) -> None:
     node[parts[-1]] = parse_value(text)
 
 
+SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def parse_value(text: str) -> Any:
+    """YAML semantics, except that 1e-4 is a number (YAML 1.1 wants 1.0e-4)."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and SCIENTIFIC.match(value):
+        return float(value)
+    return value
 
 
 def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from toolchain.errors import VqtoolError
@@ -37,6 +38,18 @@ def finish(tmp: Path, target: Path) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+@contextmanager
+def building(target: Path):
+    """Yield a temp dir to fill; on success it becomes `target`, on any failure it is removed."""
+    tmp = start(target)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finish(tmp, target)
 
 
 def write_text(path: Path, text: str) -> None:

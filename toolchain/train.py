@@ -12,9 +12,11 @@ import torch.nn.functional as F
 
 from export.tokenize import encode_texts, load_tokenizer
 from toolchain import rundir
+from toolchain.adapters.temporal import attach_temporal, save_temporal
 from toolchain.adapters.qlora import add_lora, bnb_config, keep_training_layout, trainable_parameters
 from toolchain.data.clips import ClipSet, caption_targets, load_clips
 from toolchain.data.prepare import ensure_data
+from toolchain.data.synth import appearance
 from toolchain.evaluate import retrieval_metrics
 from toolchain.models.build import BaseInfo, base_info, load_clip
 from toolchain.models.video_clip import VideoCLIP
@@ -35,7 +37,17 @@ def build_trainable(recipe: Recipe, info: BaseInfo, device: str) -> VideoCLIP:
     """The model as trained: quantized frozen base (per recipe) plus LoRA adapters."""
     clip = load_clip(info.path, bnb_config(recipe.adapters), device)
     keep_training_layout(clip)
-    return build_video_model(recipe, info, add_lora(clip, recipe.adapters))
+    model = build_video_model(recipe, info, add_lora(clip, recipe.adapters))
+    if recipe.adapters.temporal.enabled:
+        attach_temporal(model.clip, recipe.adapters.temporal, recipe.frames.k, model.temporal)
+    return model
+
+
+def save_adapter(model: VideoCLIP, recipe: Recipe, adapter_dir: Path) -> None:
+    """PEFT's own format for plain LoRA; temporal parameters beside it in safetensors."""
+    model.clip.save_pretrained(str(adapter_dir), safe_serialization=True)
+    if recipe.adapters.temporal.enabled:
+        save_temporal(model.clip, adapter_dir, recipe.adapters.temporal, recipe.frames.k)
 
 
 def tokenize(info: BaseInfo, captions: list[str], device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,14 +59,16 @@ def tokenize(info: BaseInfo, captions: list[str], device: str) -> tuple[torch.Te
 def embed_set(model: VideoCLIP, clips: ClipSet, ids, mask, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     dev = ids.device
-    vids = [model.encode_pixels(clips.pixels[i : i + batch].to(dev)) for i in range(0, len(clips.captions), batch)]
+    vids = [model.encode_pixels(clips.pixels[i : i + batch].to(dev), clips.motion[i : i + batch].to(dev))
+            for i in range(0, len(clips.captions), batch)]
     txts = [model.encode_text(ids[i : i + batch], mask[i : i + batch]) for i in range(0, len(ids), batch)]
     return torch.cat(vids).cpu(), torch.cat(txts).cpu()
 
 
 def evaluate_model(model: VideoCLIP, clips: ClipSet, ids, mask, batch: int) -> dict:
     video, text = embed_set(model, clips, ids, mask, batch)
-    return retrieval_metrics((text @ video.T).numpy())
+    groups = [appearance(c) for c in clips.captions]
+    return retrieval_metrics((text @ video.T).numpy(), groups if None not in groups else None)
 
 
 def lr_lambda(warmup: int, total: int):
@@ -75,8 +89,8 @@ def batch_stream(n: int, batch: int, seed: int):
             yield perm[i : i + batch]
 
 
-def contrastive_loss(model: VideoCLIP, pixels, ids, mask, captions: list[str]) -> torch.Tensor:
-    video = model.encode_pixels(pixels)
+def contrastive_loss(model: VideoCLIP, pixels, motion, ids, mask, captions: list[str]) -> torch.Tensor:
+    video = model.encode_pixels(pixels, motion)
     text = model.encode_text(ids, mask)
     logits = model.logit_scale() * video @ text.T
     target = caption_targets(captions).to(logits.device)
@@ -97,7 +111,7 @@ def train_loop(model: VideoCLIP, clips: ClipSet, ids, mask, cfg: TrainSection, m
             for _ in range(cfg.grad_accumulation):
                 idx = next(stream)
                 caps = [clips.captions[i] for i in idx.tolist()]
-                loss = contrastive_loss(model, clips.pixels[idx].to(dev), ids[idx], mask[idx], caps)
+                loss = contrastive_loss(model, clips.pixels[idx].to(dev), clips.motion[idx].to(dev), ids[idx], mask[idx], caps)
                 (loss / cfg.grad_accumulation).backward()
             opt.step()
             sched.step()
@@ -129,21 +143,21 @@ def finetune(recipe: Recipe, run_dir: Path, force: bool, report: Reporter) -> di
     report.skipped(train.skipped + evalset.skipped)
     tr_ids, tr_mask = tokenize(info, train.captions, device)
     ev_ids, ev_mask = tokenize(info, evalset.captions, device)
-    tmp = rundir.start(run_dir)
-    rundir.write_text(tmp / "recipe.yaml", dump_recipe(resolved(recipe, train_file, eval_file)))
-    base = evaluate_model(model, evalset, ev_ids, ev_mask, recipe.eval.batch_size)
-    t0 = time.perf_counter()
-    steps = train_loop(model, train, tr_ids, tr_mask, recipe.train, tmp / "metrics.jsonl", report)
-    train_s = time.perf_counter() - t0
-    tuned = evaluate_model(model, evalset, ev_ids, ev_mask, recipe.eval.batch_size)
-    model.clip.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
-    result = {
-        "base": base, "finetuned": tuned, "eval_clips": len(evalset.captions), "train_clips": len(train.captions),
-        "steps": steps, "train_seconds": round(train_s, 2), "trainable_params": n_train, "total_params": n_total,
-        "skipped": [{"video": v, "reason": r} for v, r in train.skipped + evalset.skipped],
-    }
-    rundir.write_json(tmp / "eval.json", result)
-    rundir.finish(tmp, run_dir)
+    with rundir.building(run_dir) as tmp:
+        rundir.write_text(tmp / "recipe.yaml", dump_recipe(resolved(recipe, train_file, eval_file)))
+        base = evaluate_model(model, evalset, ev_ids, ev_mask, recipe.eval.batch_size)
+        t0 = time.perf_counter()
+        steps = train_loop(model, train, tr_ids, tr_mask, recipe.train, tmp / "metrics.jsonl", report)
+        train_s = time.perf_counter() - t0
+        tuned = evaluate_model(model, evalset, ev_ids, ev_mask, recipe.eval.batch_size)
+        save_adapter(model, recipe, tmp / "adapter")
+        result = {
+            "base": base, "finetuned": tuned, "eval_clips": len(evalset.captions),
+            "train_clips": len(train.captions), "steps": steps, "train_seconds": round(train_s, 2),
+            "trainable_params": n_train, "total_params": n_total,
+            "skipped": [{"video": v, "reason": r} for v, r in train.skipped + evalset.skipped],
+        }
+        rundir.write_json(tmp / "eval.json", result)
     return result
 
 

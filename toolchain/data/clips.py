@@ -15,10 +15,11 @@ from toolchain.errors import DataError, VideoReadError
 
 @dataclass
 class ClipSet:
-    """Preprocessed clips: pixels [M,K,3,S,S], frame indices [M,K], captions; plus what was skipped."""
+    """Preprocessed clips: pixels [M,K,3,S,S], frame indices and motion [M,K], captions; what was skipped."""
 
     pixels: torch.Tensor
     indices: torch.Tensor
+    motion: torch.Tensor
     captions: list[str]
     videos: list[Path]
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -26,13 +27,13 @@ class ClipSet:
 
 def load_clips(
     annotations: Path,
-    prepare: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    prepare: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     max_frames: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> ClipSet:
-    """`prepare` maps uint8 [1,N,H,W,3] to (pixels [1,K,3,S,S], indices [1,K]) — the model's own path."""
+    """`prepare` maps uint8 [1,N,H,W,3] to (pixels, indices, motion) — the model's own path."""
     samples = load_jsonl(annotations)
-    pixels, indices, kept, skipped = [], [], [], []
+    pixels, indices, motion, kept, skipped = [], [], [], [], []
     for i, sample in enumerate(samples):
         try:
             frames = torch.from_numpy(decode_video(sample.video, max_frames))
@@ -40,15 +41,16 @@ def load_clips(
             skipped.append((exc.path, exc.reason))
         else:
             with torch.no_grad():
-                pix, idx = prepare(frames.unsqueeze(0))
+                pix, idx, mot = prepare(frames.unsqueeze(0))
             pixels.append(pix[0])
             indices.append(idx[0])
+            motion.append(mot[0])
             kept.append(sample)
         if progress:
             progress(i + 1, len(samples))
     if not kept:
         raise DataError(f"no readable video in {annotations} ({len(skipped)} skipped, first: {skipped[:1]})")
-    return ClipSet(torch.stack(pixels), torch.stack(indices), [s.caption for s in kept], [s.video for s in kept], skipped)
+    return ClipSet(torch.stack(pixels), torch.stack(indices), torch.stack(motion), [s.caption for s in kept], [s.video for s in kept], skipped)
 
 
 def caption_targets(captions: list[str]) -> torch.Tensor:

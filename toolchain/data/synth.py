@@ -34,6 +34,14 @@ def caption(color: str, shape: str, direction: str) -> str:
     return f"a {color} {shape} moves {direction}"
 
 
+def appearance(caption_text: str) -> str | None:
+    """'a red circle moves left' -> 'a red circle' (the caption less its direction); None if off-grammar."""
+    words = caption_text.split()
+    if len(words) == 5 and words[3] == "moves" and words[4] in DIRECTIONS:
+        return " ".join(words[:3])
+    return None
+
+
 def blank_frame(h: int, w: int) -> np.ndarray:
     return np.full((h, w, 3), BACKGROUND, dtype=np.uint8)
 
@@ -68,20 +76,24 @@ def _clip_size(rng: np.random.Generator) -> tuple[int, int]:
 
 
 def _motion_endpoints(rng: np.random.Generator, h: int, w: int, size: int, direction: str):
-    """Start and end centres of a straight move that stays inside the frame."""
+    """Start and end centres of a straight move inside the frame's centred square.
+
+    The action stays where a CLIP-style centre crop (side min(H, W)) keeps it, as in footage that
+    frames its subject; the margins of a wide or tall frame only ever show background.
+    """
     sx, sy = _STEPS[direction]
     half = size / 2
-    along = w if sx else h
-    across = h if sx else w
-    dist = rng.uniform(0.35, 0.5) * along
+    side = min(h, w)
+    x0, y0 = (w - side) / 2, (h - side) / 2
+    dist = rng.uniform(0.35, 0.5) * side
     # The visited segment [lo, lo + dist] is drawn the same way for every direction,
     # so only the frame order tells "left" from "right".
-    lo = rng.uniform(half, along - half - dist)
+    lo = rng.uniform(half, side - half - dist)
     start, end = (lo, lo + dist) if (sx + sy) > 0 else (lo + dist, lo)
-    cross = rng.uniform(half, across - half)
+    cross = rng.uniform(half, side - half)
     if sx:
-        return (start, cross), (end, cross)
-    return (cross, start), (cross, end)
+        return (x0 + start, y0 + cross), (x0 + end, y0 + cross)
+    return (x0 + cross, y0 + start), (x0 + cross, y0 + end)
 
 
 def render_clip(rng: np.random.Generator, color: str, shape: str, direction: str) -> np.ndarray:

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolchain.frames import gather_frames, select_frames
+from toolchain.adapters.temporal import TemporalContext, bind_temporal
+from toolchain.frames import MOTION_SCALE, gather_frames, motion_energy, select_frames
 from toolchain.models.preprocess import preprocess_frames
 
 
@@ -18,22 +19,29 @@ class VideoCLIP(nn.Module):
         self.clip = clip
         self.k, self.selector, self.image_size = k, selector, image_size
         self.mean, self.std = tuple(mean), tuple(std)
+        self.temporal = TemporalContext()  # read by temporal LoRA layers, if any
+        bind_temporal(clip, self.temporal)
 
-    def prepare_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 [B,N,H,W,3] -> (pixels float [B,K,3,S,S], indices int64 [B,K])."""
+    def prepare_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """uint8 [B,N,H,W,3] -> (pixels float [B,K,3,S,S], indices int64 [B,K], motion float [B,K] in [0,1])."""
         idx = select_frames(frames, self.k, self.selector)
         pixels = preprocess_frames(gather_frames(frames, idx), self.image_size, self.mean, self.std)
-        return pixels, idx
+        motion = gather_frames(motion_energy(frames), idx).to(torch.float32) / MOTION_SCALE
+        return pixels, idx, motion
 
-    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_pixels(self, pixels: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
         b, k = pixels.shape[:2]
         flat = pixels.reshape(b * k, *pixels.shape[2:])
-        feats = self.clip.get_image_features(pixel_values=flat).pooler_output
+        self.temporal.k, self.temporal.motion, self.temporal.active = k, motion, True
+        try:
+            feats = self.clip.get_image_features(pixel_values=flat).pooler_output
+        finally:
+            self.temporal.active, self.temporal.motion = False, None
         return F.normalize(feats.float().reshape(b, k, -1).mean(dim=1), dim=-1)
 
     def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels, idx = self.prepare_frames(frames)
-        return self.encode_pixels(pixels), idx
+        pixels, idx, motion = self.prepare_frames(frames)
+        return self.encode_pixels(pixels, motion), idx
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
