@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from export.tokenize import encode_texts, load_tokenizer
 from toolchain import rundir
-from toolchain.adapters.temporal import attach_temporal, save_temporal
+from toolchain.adapters.temporal import attach_temporal, plain_lora_view, save_temporal
 from toolchain.adapters.qlora import add_lora, bnb_config, keep_training_layout, trainable_parameters
 from toolchain.data.clips import ClipSet, caption_targets, load_clips
 from toolchain.data.prepare import ensure_data
@@ -45,7 +45,8 @@ def build_trainable(recipe: Recipe, info: BaseInfo, device: str) -> VideoCLIP:
 
 def save_adapter(model: VideoCLIP, recipe: Recipe, adapter_dir: Path) -> None:
     """PEFT's own format for plain LoRA; temporal parameters beside it in safetensors."""
-    model.clip.save_pretrained(str(adapter_dir), safe_serialization=True)
+    with plain_lora_view(model.clip):
+        model.clip.save_pretrained(str(adapter_dir), safe_serialization=True)
     if recipe.adapters.temporal.enabled:
         save_temporal(model.clip, adapter_dir, recipe.adapters.temporal, recipe.frames.k)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +148,24 @@ def temporal_state(model: nn.Module, adapter: str = "default") -> dict[str, torc
             for key, p in module.temporal_params[adapter].items():
                 state[f"{name}.{key}"] = p.detach().cpu().contiguous()
     return state
+
+
+@contextmanager
+def plain_lora_view(model: nn.Module):
+    """Temporarily detach the temporal parameters, so PEFT saves a plain-LoRA adapter file.
+
+    PEFT collects every parameter of a LoRA layer into adapter_model.safetensors; ours live in
+    temporal.safetensors instead, keeping PEFT's file loadable by anything that reads plain LoRA.
+    """
+    held = {}
+    for name, module in model.named_modules():
+        if "temporal_params" in module._modules:
+            held[name] = module._modules.pop("temporal_params")
+    try:
+        yield model
+    finally:
+        for name, params in held.items():
+            model.get_submodule(name)._modules["temporal_params"] = params
 
 
 def save_temporal(model: nn.Module, adapter_dir: Path, cfg, k: int) -> None:
