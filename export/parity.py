@@ -41,6 +41,18 @@ def onnx_outputs(video_sess, text_sess, inputs: ParityInputs) -> Outputs:
     return Outputs(np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs]), text)
 
 
+def lsb_noise(clips: list[np.ndarray], seed: int = 0) -> list[np.ndarray]:
+    """Each clip with independent ±1 LSB noise on every value (what a re-encode or a camera adds)."""
+    rng = np.random.default_rng(seed)
+    return [np.clip(c.astype(np.int16) + rng.integers(-1, 2, size=c.shape), 0, 255).astype(np.uint8) for c in clips]
+
+
+def noise_agreement(video_sess, inputs: ParityInputs, reference: Outputs) -> float:
+    """Share of clips whose ONNX frame choice under ±1 LSB noise equals PyTorch's on the clean clip."""
+    noisy = [video_sess.run(None, {"frames": c[None]})[1] for c in lsb_noise(inputs.clips)]
+    return float(np.mean([np.array_equal(n[0], r) for n, r in zip(noisy, reference.indices)]))
+
+
 def embedding_diff(ref: np.ndarray, got: np.ndarray) -> dict:
     cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1) + 1e-12)
     return {"max_abs_diff": float(np.abs(ref - got).max()), "min_cosine": float(cos.min())}

@@ -12,7 +12,9 @@ import torch
 
 from export.merge import merged_model
 from export.onnx_export import FORMAT_VERSION, export_text_encoder, export_video_encoder
-from export.parity import ParityInputs, compare, gate_failures, latency, onnx_outputs, torch_outputs
+from export.parity import (
+    ParityInputs, compare, gate_failures, latency, noise_agreement, onnx_outputs, torch_outputs,
+)
 from export.quantize import SUPPORTED, make_variant, variant_path
 from export.report import parity_markdown
 from export.tokenize import encode_texts, load_tokenizer
@@ -87,6 +89,7 @@ def check_variant(name, files, out_dir, reference, inputs, merged, recipe) -> di
     video = ort.InferenceSession(str(out_dir / files["video"]), opts, providers=["CPUExecutionProvider"])
     text = ort.InferenceSession(str(out_dir / files["text"]), opts, providers=["CPUExecutionProvider"])
     result = compare(reference, onnx_outputs(video, text, inputs))
+    result["video"]["frame_index_agreement_lsb_noise"] = noise_agreement(video, inputs, reference)
     clip = inputs.clips[0][None]
     with torch.no_grad():
         torch_fn = lambda: merged.encode_frames(torch.from_numpy(clip))  # noqa: E731
@@ -154,7 +157,7 @@ def check_parity(tmp: Path, trained, merged, recipe, info, files: dict, report) 
     return {
         "format": 1, "passed": all(r["passed"] for r in results.values()), "variants": results,
         "reference": "PyTorch as trained (quantized base + adapters)", "eval_clips": len(inputs.clips),
-        "threads": recipe.export.threads,
+        "threads": recipe.export.threads, "selector": recipe.frames.selector, "k": recipe.frames.k,
         "merged_vs_trained": compare(reference, merged_ref)["video"] | {"note": "float32 merged PyTorch vs as trained"},
         "dim": int(reference.video.shape[1]),
     }

@@ -66,7 +66,7 @@ def test_uint8_required(dtype):
 
 def test_unknown_selector():
     with pytest.raises(DataError, match="uniform"):
-        select_frames(clip(5), 2, selector="motion")
+        select_frames(clip(5), 2, selector="random")
 
 
 def test_depends_only_on_frame_count():

@@ -21,7 +21,9 @@ app = typer.Typer(
 recipe_app = typer.Typer(help="Check and show recipes.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: generate the synthetic shapes set.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
+bench_app = typer.Typer(help="Benchmarks: measured side by side in one run, medians and ratios.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
 err = Console(stderr=True)
 
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override a recipe key, e.g. --set train.lr=1e-4 (repeatable).")]
@@ -153,6 +155,46 @@ def data_synth(
     with reporter().task("rendering videos", None) as t:
         summary = synthesize(out_dir, videos=videos, seed=seed, progress=t.progress)
     typer.echo(f"wrote {summary['train']} train and {summary['eval']} eval clips to {out_dir}")
+
+
+def csv_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+@bench_app.command("frames")
+def bench_frames(
+    recipe: Annotated[Path, typer.Argument(help="Recipe the accuracy runs start from.")] = Path("recipes/shapes-tiny.yaml"),
+    ks: Annotated[str, typer.Option(help="Frame budgets K, comma list.")] = "2,4,8,16",
+    selectors: Annotated[str, typer.Option(help="Selectors to compare.")] = "uniform,motion,motion-uniform",
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps per accuracy cell.")] = 200,
+    arch: Annotated[str, typer.Option(help="Architecture for latency: tiny or clip-vit-b32 (random weights).")] = "clip-vit-b32",
+    clip: Annotated[str, typer.Option(help="Latency input clip, FRAMESxHEIGHTxWIDTH.")] = "32x180x320",
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads.")] = 2,
+    runs: Annotated[int, typer.Option(help="Timed runs per graph (after warm-up); p50 reported.")] = 20,
+    accuracy: Annotated[bool, typer.Option(help="Run the accuracy grid (fine-tunes).")] = True,
+    latency: Annotated[bool, typer.Option(help="Run the latency part.")] = True,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the markdown tables and JSON here (DIR).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    set_: SetOpt = [],
+):
+    """Selectors × K: t2v R@1 after a short fine-tune; encoder latency vs K and selection's share of it."""
+    from toolchain.recipe import load_recipe
+
+    load_recipe(recipe, set_)  # a bad recipe fails before any work
+    require_train_extra()
+    from toolchain.bench.frames import accuracy_rows, latency_rows, markdown
+
+    k_list = [int(k) for k in csv_list(ks)]
+    shape = tuple(int(x) for x in clip.lower().split("x"))
+    report = reporter()
+    acc = accuracy_rows(str(recipe), list(set_), csv_list(selectors), k_list, steps, report) if accuracy else []
+    lat = latency_rows(arch, k_list, "motion", threads, runs, shape, report) if latency else []
+    table = markdown(acc, lat, shape, threads)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "frames.md").write_text(table)
+        (out / "frames.json").write_text(json.dumps({"accuracy": acc, "latency": lat}, indent=2) + "\n")
+    typer.echo(json.dumps({"accuracy": acc, "latency": lat}) if as_json else table)
 
 
 def main() -> None:

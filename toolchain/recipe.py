@@ -37,7 +37,7 @@ class DataSection(Section):
 
 class FramesSection(Section):
     k: int = Field(8, ge=1, le=256)
-    selector: Literal["uniform"] = "uniform"
+    selector: Literal["uniform", "motion", "motion-uniform"] = "uniform"
     decode_max_frames: int = Field(64, ge=1)
 
     @model_validator(mode="after")

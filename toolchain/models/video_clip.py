@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolchain.adapters.temporal import TemporalContext, bind_temporal
-from toolchain.frames import MOTION_SCALE, gather_frames, motion_energy, select_frames
+from toolchain.frames import MOTION_SCALE, check_frames, gather_frames, motion_energy, select_indices
 from toolchain.models.preprocess import preprocess_frames
 
 
@@ -24,9 +24,11 @@ class VideoCLIP(nn.Module):
 
     def prepare_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 [B,N,H,W,3] -> (pixels float [B,K,3,S,S], indices int64 [B,K], motion float [B,K] in [0,1])."""
-        idx = select_frames(frames, self.k, self.selector)
+        check_frames(frames)
+        energy = motion_energy(frames)  # one integer score per frame: selects frames, feeds the gate
+        idx = select_indices(energy, self.k, self.selector)
         pixels = preprocess_frames(gather_frames(frames, idx), self.image_size, self.mean, self.std)
-        motion = gather_frames(motion_energy(frames), idx).to(torch.float32) / MOTION_SCALE
+        motion = gather_frames(energy, idx).to(torch.float32) / MOTION_SCALE
         return pixels, idx, motion
 
     def encode_pixels(self, pixels: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
