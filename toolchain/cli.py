@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from toolchain.errors import MissingExtraError, VqtoolError
+from toolchain.errors import MissingExtraError, ParityError, VqtoolError
 
 app = typer.Typer(
     help="Fine-tune video-text models with QLoRA and ship them as parity-checked ONNX for the edge.",
@@ -66,6 +66,9 @@ def finetune(
     result = run(cfg, target, force, reporter())
     b, f = result["base"]["t2v"], result["finetuned"]["t2v"]
     err.print(f"t2v R@1 on {result['eval_clips']} eval clips: base {b['r1']:.1f} -> fine-tuned {f['r1']:.1f}")
+    within = result["base"].get("t2v_within_group_r1"), result["finetuned"].get("t2v_within_group_r1")
+    if None not in within:
+        err.print(f"direction R@1 (same colour and shape, chance 25): base {within[0]:.1f} -> fine-tuned {within[1]:.1f}")
     typer.echo(f"run written to {target}  (next: vqtool export {target})")
 
 
@@ -86,7 +89,7 @@ def export_cmd(
     typer.echo((target / "parity.md").read_text())
     typer.echo(f"export written to {target}")
     if not parity["passed"]:
-        raise VqtoolError(f"parity gate failed (files kept in {target} for inspection); see parity.md") from None
+        raise ParityError(f"parity gate failed (files kept in {target} for inspection); see parity.md") from None
 
 
 @app.command()

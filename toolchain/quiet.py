@@ -18,6 +18,12 @@ def quiet_libraries() -> None:
     logging.getLogger().setLevel(logging.ERROR)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    try:  # torch's own logging config overrides the std logger levels (e.g. "torchvision is not installed")
+        import torch._logging
+
+        torch._logging.set_logs(onnx=logging.ERROR, export=logging.ERROR)
+    except (ImportError, AttributeError, ValueError):
+        pass
     try:  # "Loading weights" bars: our own progress bars say what is happening
         from transformers.utils import logging as hf_logging
 
