@@ -6,9 +6,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from toolchain.errors import VqtoolError
+from typing import get_args
 
-SUPPORTED = ("fp32", "int8")
+from toolchain.errors import VqtoolError
+from toolchain.recipe import Variant
+
+SUPPORTED = get_args(Variant)  # one list: the recipe schema and the exporter agree by construction
 
 
 def variant_path(base: Path, variant: str) -> Path:
