@@ -19,7 +19,8 @@ from export.quantize import SUPPORTED, make_variant, variant_path
 from export.report import parity_markdown
 from export.tokenize import encode_texts, load_tokenizer
 from toolchain import rundir
-from toolchain.data.annotations import load_jsonl
+from toolchain.data.clips import group_by_video
+from toolchain.data.formats import read_split
 from toolchain.data.video import decode_video
 from toolchain.errors import DataError, VideoReadError, VqtoolError
 
@@ -29,11 +30,13 @@ def sha256(path: Path) -> str:
 
 
 def parity_inputs(recipe, info, limit: int | None = None) -> ParityInputs:
+    """The eval split's videos, each with its first caption (so text i describes video i)."""
     clips, captions = [], []
-    for sample in load_jsonl(Path(recipe.data.eval))[:limit]:
+    videos, caption_lists = group_by_video(read_split(recipe.data, "eval"))
+    for video, caps in list(zip(videos, caption_lists))[:limit]:
         try:
-            clips.append(decode_video(sample.video, recipe.frames.decode_max_frames))
-            captions.append(sample.caption)
+            clips.append(decode_video(video, recipe.frames.decode_max_frames))
+            captions.append(caps[0])
         except VideoReadError:
             continue
     if not clips:

@@ -21,18 +21,62 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    family: Literal["clip"] = "clip"
+    family: Literal["clip", "xclip", "dual-encoder"] = "clip"
     name_or_path: str = "tiny-video-clip"
-    pooling: Literal["mean"] = "mean"
+    pooling: Literal["mean", "transformer"] = "mean"
+    pooling_layers: int = Field(1, ge=1, le=12)
+
+    @model_validator(mode="after")
+    def _pooling_fits_family(self):
+        if self.family == "xclip" and self.pooling != "mean":
+            raise ValueError(
+                "model.pooling: xclip pools frames with its own multi-frame transformer (mit); "
+                "leave model.pooling at 'mean'"
+            )
+        return self
+
+
+DATA_FORMATS = ("jsonl", "csv", "msrvtt", "vatex")
 
 
 class DataSection(Section):
-    format: Literal["jsonl"] = "jsonl"
+    """Where the clips come from. `train` and `eval` each name one split:
+
+    jsonl / csv: a file of (video, caption) rows (video paths relative to the file, or to video_root);
+    msrvtt: a CLIP4Clip split file (MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv) or a split name of
+            the official json (train | validate | test), captions from `annotations`;
+    vatex: a VATEX json (videoID, enCap) of that split.
+    """
+
+    format: Literal["jsonl", "csv", "msrvtt", "vatex"] = "jsonl"
     train: str = "data/shapes/train.jsonl"
     eval: str = "data/shapes/eval.jsonl"
+    annotations: str | None = None
+    video_root: str | None = None
+    cache: bool = True
+    cache_dir: str | None = None
     synthesize_if_missing: bool = True
     synth_videos: int = Field(192, ge=1)
     synth_seed: int = 0
+
+    @model_validator(mode="after")
+    def _format_needs(self):
+        if self.format == "msrvtt" and not self.annotations:
+            raise ValueError(
+                "data.annotations: format msrvtt needs the official train_val_videodatainfo.json "
+                "(its captions), e.g. data.annotations: data/msrvtt/train_val_videodatainfo.json"
+            )
+        if self.format in ("msrvtt", "vatex") and not self.video_root:
+            raise ValueError(
+                f"data.video_root: format {self.format} names clips by id; set the folder holding "
+                "the video files, e.g. data.video_root: data/" + self.format + "/videos"
+            )
+        if self.format in ("jsonl", "csv", "vatex") and self.annotations:
+            raise ValueError(
+                f"data.annotations is only read by format msrvtt; for {self.format} put each split's "
+                "file in data.train and data.eval"
+            )
+        return self
 
 
 class FramesSection(Section):

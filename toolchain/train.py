@@ -14,11 +14,15 @@ from export.tokenize import encode_texts, load_tokenizer
 from toolchain import rundir
 from toolchain.adapters.temporal import attach_temporal, plain_lora_view, save_temporal
 from toolchain.adapters.qlora import add_lora, bnb_config, keep_training_layout, trainable_parameters
-from toolchain.data.clips import ClipSet, caption_targets, load_clips
+from toolchain.data.cache import FrameCache, default_cache_dir
+from toolchain.data.clips import ClipSet, caption_targets, load_clips, load_line
+from toolchain.data.formats import read_split, skip_summary
 from toolchain.data.prepare import ensure_data
 from toolchain.data.synth import appearance
 from toolchain.evaluate import retrieval_metrics
-from toolchain.models.build import BaseInfo, base_info, load_clip
+from toolchain.errors import RecipeError
+from toolchain.models.build import BaseInfo, base_info, load_base
+from toolchain.models.pooling import build_pooling, save_pooling
 from toolchain.models.video_clip import VideoCLIP
 from toolchain.progress import Reporter
 from toolchain.recipe import Recipe, TrainSection, dump_recipe
@@ -28,14 +32,37 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def build_video_model(recipe: Recipe, info: BaseInfo, clip) -> VideoCLIP:
-    f = recipe.frames
-    return VideoCLIP(clip, f.k, f.selector, info.image_size, info.mean, info.std)
+def model_info(recipe: Recipe) -> BaseInfo:
+    """The base's constants, checked against the recipe (family, and X-CLIP's fixed frame count)."""
+    info = base_info(recipe.model.name_or_path, recipe.model.family)
+    if info.num_frames is not None and info.num_frames != recipe.frames.k:
+        raise RecipeError(
+            f"frames.k is {recipe.frames.k}, but the xclip base {recipe.model.name_or_path} takes exactly "
+            f"vision_config.num_frames = {info.num_frames} frames; set frames.k: {info.num_frames}"
+        )
+    return info
+
+
+def embedding_dim(base) -> int:
+    config = base.config if hasattr(base, "config") else base.get_base_model().config
+    return int(config.projection_dim)
+
+
+def build_video_model(recipe: Recipe, info: BaseInfo, clip, pool_state: dict | None = None) -> VideoCLIP:
+    """Wrap a base (plain, quantized or PEFT) for video; a transformer pooling starts from pool_state."""
+    f, m = recipe.frames, recipe.model
+    pool = build_pooling(m.pooling, embedding_dim(clip), f.k, m.pooling_layers)
+    if pool is not None:
+        if pool_state is not None:
+            pool.load_state_dict(pool_state)
+        pool.to(next(clip.parameters()).device)
+    return VideoCLIP(clip, f.k, f.selector, info.image_size, info.mean, info.std, info.family, pool,
+                     info.resize_shortest, info.rescale)
 
 
 def build_trainable(recipe: Recipe, info: BaseInfo, device: str) -> VideoCLIP:
-    """The model as trained: quantized frozen base (per recipe) plus LoRA adapters."""
-    clip = load_clip(info.path, bnb_config(recipe.adapters), device)
+    """The model as trained: quantized frozen base (per recipe) plus LoRA adapters (and pooling)."""
+    clip = load_base(info, bnb_config(recipe.adapters), device)
     keep_training_layout(clip)
     model = build_video_model(recipe, info, add_lora(clip, recipe.adapters))
     if recipe.adapters.temporal.enabled:
@@ -44,11 +71,13 @@ def build_trainable(recipe: Recipe, info: BaseInfo, device: str) -> VideoCLIP:
 
 
 def save_adapter(model: VideoCLIP, recipe: Recipe, adapter_dir: Path) -> None:
-    """PEFT's own format for plain LoRA; temporal parameters beside it in safetensors."""
+    """PEFT's own format for plain LoRA; temporal and pooling parameters beside it in safetensors."""
     with plain_lora_view(model.clip):
         model.clip.save_pretrained(str(adapter_dir), safe_serialization=True)
     if recipe.adapters.temporal.enabled:
         save_temporal(model.clip, adapter_dir, recipe.adapters.temporal, recipe.frames.k)
+    if model.pool is not None:
+        save_pooling(model.pool, adapter_dir)
 
 
 def tokenize(info: BaseInfo, captions: list[str], device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,10 +87,12 @@ def tokenize(info: BaseInfo, captions: list[str], device: str) -> tuple[torch.Te
 
 @torch.no_grad()
 def embed_set(model: VideoCLIP, clips: ClipSet, ids, mask, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(one embedding per video, one per caption)."""
     model.eval()
     dev = ids.device
-    vids = [model.encode_pixels(clips.pixels[i : i + batch].to(dev), clips.motion[i : i + batch].to(dev))
-            for i in range(0, len(clips.captions), batch)]
+    n = len(clips.videos)
+    vids = [model.encode_pixels(clips.video_pixels[i : i + batch].to(dev), clips.video_motion[i : i + batch].to(dev))
+            for i in range(0, n, batch)]
     txts = [model.encode_text(ids[i : i + batch], mask[i : i + batch]) for i in range(0, len(ids), batch)]
     return torch.cat(vids).cpu(), torch.cat(txts).cpu()
 
@@ -69,7 +100,30 @@ def embed_set(model: VideoCLIP, clips: ClipSet, ids, mask, batch: int) -> tuple[
 def evaluate_model(model: VideoCLIP, clips: ClipSet, ids, mask, batch: int) -> dict:
     video, text = embed_set(model, clips, ids, mask, batch)
     groups = [appearance(c) for c in clips.captions]
-    return retrieval_metrics((text @ video.T).numpy(), groups if None not in groups else None)
+    return retrieval_metrics((text @ video.T).numpy(), groups if None not in groups else None, clips.video_of.numpy())
+
+
+def frame_cache(recipe: Recipe) -> FrameCache:
+    if not recipe.data.cache:
+        return FrameCache(None)
+    return FrameCache(Path(recipe.data.cache_dir).expanduser() if recipe.data.cache_dir else default_cache_dir())
+
+
+def load_data(recipe: Recipe, prepare, report: Reporter) -> tuple[ClipSet, ClipSet]:
+    """Both splits of the recipe's dataset, decoded through the frame cache; prints what was skipped
+    and the data-loading benchmark line (clips/s, cache hits and misses)."""
+    ensure_data(recipe.data, report)
+    cache, out = frame_cache(recipe), []
+    for which in ("train", "eval"):
+        split = read_split(recipe.data, which)
+        if (line := skip_summary(which, split)) is not None:
+            report.warn(line)
+        with report.task(f"decoding {which} videos", None) as adv:
+            clips = load_clips(split, prepare, recipe.frames.decode_max_frames, cache, adv.progress)
+        report.skipped(clips.skipped[len(split.skipped):])
+        report.say(load_line(which, clips))
+        out.append(clips)
+    return out[0], out[1]
 
 
 def lr_lambda(warmup: int, total: int):
@@ -130,22 +184,16 @@ def finetune(recipe: Recipe, run_dir: Path, force: bool, report: Reporter) -> di
     """Run the whole fine-tune and write run_dir atomically; returns eval.json's content."""
     rundir.check_target(run_dir, force)
     torch.manual_seed(recipe.train.seed)
-    train_file, eval_file = ensure_data(recipe.data, report)
-    info, device = base_info(recipe.model.name_or_path), pick_device()
+    info, device = model_info(recipe), pick_device()
     model = build_trainable(recipe, info, device)
     n_train, n_total = trainable_parameters(model)
     report.say(f"base {recipe.model.name_or_path}: {n_total:,} parameters, {n_train:,} trainable "
                f"({100 * n_train / n_total:.2f}%), quantization {recipe.adapters.quantization}, device {device}")
-    mf = recipe.frames.decode_max_frames
-    with report.task("decoding train videos", None) as adv:
-        train = load_clips(train_file, model.prepare_frames, mf, adv.progress)
-    with report.task("decoding eval videos", None) as adv:
-        evalset = load_clips(eval_file, model.prepare_frames, mf, adv.progress)
-    report.skipped(train.skipped + evalset.skipped)
+    train, evalset = load_data(recipe, model.prepare_frames, report)
     tr_ids, tr_mask = tokenize(info, train.captions, device)
     ev_ids, ev_mask = tokenize(info, evalset.captions, device)
     with rundir.building(run_dir) as tmp:
-        rundir.write_text(tmp / "recipe.yaml", dump_recipe(resolved(recipe, train_file, eval_file)))
+        rundir.write_text(tmp / "recipe.yaml", dump_recipe(resolved(recipe)))
         base = evaluate_model(model, evalset, ev_ids, ev_mask, recipe.eval.batch_size)
         t0 = time.perf_counter()
         steps = train_loop(model, train, tr_ids, tr_mask, recipe.train, tmp / "metrics.jsonl", report)
@@ -162,9 +210,15 @@ def finetune(recipe: Recipe, run_dir: Path, force: bool, report: Reporter) -> di
     return result
 
 
-def resolved(recipe: Recipe, train_file: Path, eval_file: Path) -> Recipe:
+def resolved(recipe: Recipe) -> Recipe:
     """The recipe as run: data paths made absolute so `vqtool export RUN_DIR` needs nothing else."""
     out = recipe.model_copy(deep=True)
-    out.data.train, out.data.eval = str(train_file.resolve()), str(eval_file.resolve())
-    out.data.synthesize_if_missing = False
+    d = out.data
+    for key in ("train", "eval", "annotations", "video_root"):
+        value = getattr(d, key)
+        if value is not None and Path(value).exists():  # an MSR-VTT split name stays a name
+            setattr(d, key, str(Path(value).resolve()))
+    if Path(out.model.name_or_path).is_dir():
+        out.model.name_or_path = str(Path(out.model.name_or_path).resolve())
+    d.synthesize_if_missing = False
     return out
