@@ -23,6 +23,7 @@ from toolchain.data.clips import group_by_video
 from toolchain.data.formats import read_split
 from toolchain.data.video import decode_video
 from toolchain.errors import DataError, VideoReadError, VqtoolError
+from toolchain.models.preprocess import describe_preprocessing
 
 
 def sha256(path: Path) -> str:
@@ -67,11 +68,11 @@ def manifest(recipe, info, run_dir: Path, files: dict, dim: int, temporal: dict 
         "format": FORMAT_VERSION,
         "name": recipe.name,
         "source": {"run_dir": str(Path(run_dir).resolve()), "base": recipe.model.name_or_path,
+                   "family": recipe.model.family, "pooling": recipe.model.pooling,
                    "quantization": recipe.adapters.quantization,
                    "adapter_sha256": sha256(Path(run_dir) / "adapter" / "adapter_model.safetensors")},
         "frames": recipe.frames.model_dump(),
-        "preprocessing": {"image_size": info.image_size, "mean": list(info.mean), "std": list(info.std),
-                          "crop": "centre square of side min(H, W)", "resize": "bilinear", "scale": "1/255"},
+        "preprocessing": describe_preprocessing(info),
         "text": {"tokenizer": "tokenizer.json", "max_length": info.max_text_len},
         "graphs": {
             "video": {"inputs": {"frames": "uint8 [batch, num_frames, height, width, 3] RGB"},

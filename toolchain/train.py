@@ -57,7 +57,7 @@ def build_video_model(recipe: Recipe, info: BaseInfo, clip, pool_state: dict | N
             pool.load_state_dict(pool_state)
         pool.to(next(clip.parameters()).device)
     return VideoCLIP(clip, f.k, f.selector, info.image_size, info.mean, info.std, info.family, pool,
-                     info.resize_shortest, info.rescale)
+                     info.resize_shortest, info.rescale, info.resample)
 
 
 def build_trainable(recipe: Recipe, info: BaseInfo, device: str) -> VideoCLIP:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import RecipeError
-from toolchain.models.preprocess import CLIP_MEAN, CLIP_STD
+from toolchain.models.preprocess import CLIP_MEAN, CLIP_STD, RESAMPLE
 from toolchain.models.tiny import BUILTIN_DIR, BUILTIN_NAME, MAX_TEXT_LEN
 
 
@@ -25,6 +25,7 @@ class BaseInfo:
     resize_shortest: int | None = None  # the processor's shortest-edge resize; 0: no crop (squash)
     rescale: float = 1 / 255
     num_frames: int | None = None  # xclip: the only frame count its position embedding accepts
+    resample: str = "bicubic"  # the processor's resize filter
 
 
 def resolve_base(name_or_path: str) -> str:
@@ -71,7 +72,7 @@ def base_info(name_or_path: str, family: str = "clip") -> BaseInfo:
     max_len = min(config.get("text_config", {}).get("max_position_embeddings", MAX_TEXT_LEN), MAX_TEXT_LEN_CAP)
     frames = config.get("vision_config", {}).get("num_frames") if family == "xclip" else None
     return BaseInfo(path, tok, size, proc["mean"], proc["std"], max_len, family,
-                    proc["resize_shortest"], proc["rescale"], frames)
+                    proc["resize_shortest"], proc["rescale"], frames, proc["resample"])
 
 
 def check_family(config: dict, family: str, local: Path) -> None:
@@ -84,7 +85,7 @@ def check_family(config: dict, family: str, local: Path) -> None:
 
 def processor_constants(local: Path, image_size: int) -> dict:
     """The checkpoint's own preprocessing (preprocessor_config.json); CLIP's when the file is absent."""
-    out = {"mean": CLIP_MEAN, "std": CLIP_STD, "resize_shortest": None, "rescale": 1 / 255}
+    out = {"mean": CLIP_MEAN, "std": CLIP_STD, "resize_shortest": None, "rescale": 1 / 255, "resample": "bicubic"}
     for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
         if (local / name).is_file():
             p = json.loads((local / name).read_text())
@@ -103,6 +104,8 @@ def processor_constants(local: Path, image_size: int) -> dict:
     else:
         raise RecipeError(f"{local}/{name}: size {size} with do_center_crop={p.get('do_center_crop')} is not "
                           "a preprocessing vqtool reproduces (shortest-edge resize + centre crop, or a square resize)")
+    # PIL filter ids: 2 bilinear, 3 bicubic; others (lanczos, nearest...) get bicubic, the closest we export
+    out["resample"] = RESAMPLE.get(p.get("resample", 3), "bicubic")
     out["mean"] = tuple(p.get("image_mean", CLIP_MEAN))
     out["std"] = tuple(p.get("image_std", CLIP_STD))
     out["rescale"] = float(p.get("rescale_factor", 1 / 255)) if p.get("do_rescale", True) else 1.0

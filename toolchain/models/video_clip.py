@@ -20,13 +20,13 @@ class VideoCLIP(nn.Module):
 
     def __init__(self, clip: nn.Module, k: int, selector: str, image_size: int, mean, std,
                  family: str = "clip", pool: nn.Module | None = None, resize_shortest: int | None = None,
-                 rescale: float = 1 / 255):
+                 rescale: float = 1 / 255, resample: str = "bicubic"):
         super().__init__()
         self.clip = clip
         self.k, self.selector, self.image_size = k, selector, image_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.family, self.pool = family, pool  # pool None: mean over frames (CLIP4Clip meanP)
-        self.resize_shortest, self.rescale = resize_shortest, rescale
+        self.resize_shortest, self.rescale, self.resample = resize_shortest, rescale, resample
         self.temporal = TemporalContext()  # read by temporal LoRA layers, if any
         bind_temporal(clip, self.temporal)
 
@@ -36,7 +36,7 @@ class VideoCLIP(nn.Module):
         energy = motion_energy(frames)  # one integer score per frame: selects frames, feeds the gate
         idx = select_indices(energy, self.k, self.selector)
         pixels = preprocess_frames(gather_frames(frames, idx), self.image_size, self.mean, self.std,
-                                   self.resize_shortest, self.rescale)
+                                   self.resize_shortest, self.rescale, self.resample)
         motion = gather_frames(energy, idx).to(torch.float32) / MOTION_SCALE
         return pixels, idx, motion
 
