@@ -55,12 +55,22 @@ def write_processor(out_dir: Path, size: int, shortest: int, mean=CLIP_MEAN, std
                        image_mean=list(mean), image_std=list(std)).save_pretrained(str(out_dir))
 
 
+def save_tiny_vision(out_dir: Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A tiny random CLIPVisionModel with a CLIP-style processor config: a vision tower to compose."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    CLIPVisionModel(CLIPVisionConfig(image_size=image_size, patch_size=8, **TINY)).save_pretrained(str(out_dir))
+    write_processor(Path(out_dir), image_size, image_size + image_size // 8)
+    return Path(out_dir)
+
+
 def save_tiny_base(family: str, out_dir: Path, frames: int = 4, image_size: int = 32, seed: int = 0) -> Path:
     """A tiny random base of `family` in out_dir (config.json, model.safetensors, tokenizer.json,
     preprocessor_config.json), loadable with from_pretrained(out_dir)."""
     import torch
-    from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, CLIPVisionModel,
-                              CLIPTextModel, XCLIPConfig, XCLIPModel, XCLIPTextConfig)
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, XCLIPConfig, XCLIPModel, XCLIPTextConfig
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,8 +88,7 @@ def save_tiny_base(family: str, out_dir: Path, frames: int = 4, image_size: int 
         XCLIPModel(config).save_pretrained(str(out_dir))
     elif family == "dual-encoder":
         parts = out_dir.parent / f".{out_dir.name}-towers"
-        CLIPVisionModel(CLIPVisionConfig(**vision)).save_pretrained(str(parts / "vision"))
-        write_processor(parts / "vision", image_size, image_size + image_size // 8)
+        save_tiny_vision(parts / "vision", image_size, seed)
         CLIPTextModel(tiny_text_config(CLIPTextConfig)).save_pretrained(str(parts / "text"))
         build_tokenizer().save(str(parts / "text" / "tokenizer.json"))
         compose_dual_encoder(parts / "vision", parts / "text", out_dir, seed=seed)
