@@ -92,3 +92,21 @@ def test_family_must_match_the_checkpoint(tmp_path):
         base_info(str(base), "xclip")
     with pytest.raises(RecipeError, match="xclip pools frames with its own"):
         load_recipe(SHIPPED_RECIPE, ["model.family=xclip", "model.pooling=transformer"])
+
+
+def test_cli_composes_a_dual_encoder_from_two_checkpoints(tmp_path, run_cli):
+    from toolchain.models.build import base_info
+    from toolchain.models.families import save_tiny_text, save_tiny_vision
+
+    vision, text = save_tiny_vision(tmp_path / "v"), save_tiny_text(tmp_path / "t")
+    out = tmp_path / "dual"
+    done = run_cli("base", "dual-encoder", vision, text, out, "--projection-dim", "32")
+    assert done.returncode == 0, done.stderr
+    info = base_info(str(out), "dual-encoder")
+    assert info.tokenizer.read_bytes() == (text / "tokenizer.json").read_bytes() and info.resize_shortest == 36
+    assert json.loads((out / "config.json").read_text())["projection_dim"] == 32
+    again = run_cli("base", "dual-encoder", vision, text, out)
+    assert again.returncode == 2 and "already exists; pass --force" in again.stderr
+    (text / "tokenizer.json").unlink()
+    bad = run_cli("base", "dual-encoder", vision, text, tmp_path / "dual2")
+    assert bad.returncode == 2 and "has no tokenizer.json" in bad.stderr and "Traceback" not in bad.stderr

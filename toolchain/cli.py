@@ -20,7 +20,9 @@ app = typer.Typer(
 )
 recipe_app = typer.Typer(help="Check and show recipes.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: generate the synthetic shapes set.", no_args_is_help=True)
+base_app = typer.Typer(help="Base models: compose a dual encoder from two checkpoints.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
+app.add_typer(base_app, name="base")
 bench_app = typer.Typer(help="Benchmarks: measured side by side in one run, medians and ratios.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
@@ -158,6 +160,26 @@ def data_synth(
     with reporter().task("rendering videos", None) as t:
         summary = synthesize(out_dir, videos=videos, seed=seed, progress=t.progress)
     typer.echo(f"wrote {summary['train']} train and {summary['eval']} eval clips to {out_dir}")
+
+
+@base_app.command("dual-encoder")
+def base_dual_encoder(
+    vision: Annotated[Path, typer.Argument(help="Local vision checkpoint (e.g. a CLIP or ViT model folder).")],
+    text: Annotated[Path, typer.Argument(help="Local text checkpoint with tokenizer.json (e.g. a BERT folder).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the composed base; use it as model.name_or_path.")],
+    projection_dim: Annotated[int, typer.Option(help="Size of the shared embedding space.")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed of the new projection layers.")] = 0,
+    force: ForceOpt = False,
+):
+    """Compose a VisionTextDualEncoderModel (model.family: dual-encoder) and save it with its tokenizer."""
+    require_train_extra()
+    from toolchain import rundir
+    from toolchain.models.families import compose_dual_encoder
+
+    rundir.check_target(out_dir, force)
+    with rundir.building(out_dir) as tmp:
+        compose_dual_encoder(vision, text, tmp, projection_dim=projection_dim, seed=seed)
+    typer.echo(f"wrote {out_dir}; fine-tune it with model.family: dual-encoder, model.name_or_path: {out_dir}")
 
 
 def csv_list(text: str) -> list[str]:

@@ -201,8 +201,8 @@ def finetune(recipe: Recipe, run_dir: Path, force: bool, report: Reporter) -> di
         tuned = evaluate_model(model, evalset, ev_ids, ev_mask, recipe.eval.batch_size)
         save_adapter(model, recipe, tmp / "adapter")
         result = {
-            "base": base, "finetuned": tuned, "eval_clips": len(evalset.captions),
-            "train_clips": len(train.captions), "steps": steps, "train_seconds": round(train_s, 2),
+            "base": base, "finetuned": tuned, "eval_clips": len(evalset.videos), "eval_captions": len(evalset.captions),
+            "train_clips": len(train.videos), "train_captions": len(train.captions), "steps": steps, "train_seconds": round(train_s, 2),
             "trainable_params": n_train, "total_params": n_total,
             "skipped": [{"video": v, "reason": r} for v, r in train.skipped + evalset.skipped],
         }

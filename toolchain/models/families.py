@@ -66,11 +66,22 @@ def save_tiny_vision(out_dir: Path, image_size: int = 32, seed: int = 0) -> Path
     return Path(out_dir)
 
 
+def save_tiny_text(out_dir: Path, seed: int = 0) -> Path:
+    """A tiny random CLIPTextModel with the built-in word-level tokenizer.json: a text tower to compose."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    CLIPTextModel(tiny_text_config(CLIPTextConfig)).save_pretrained(str(out_dir))
+    build_tokenizer().save(str(Path(out_dir) / "tokenizer.json"))
+    return Path(out_dir)
+
+
 def save_tiny_base(family: str, out_dir: Path, frames: int = 4, image_size: int = 32, seed: int = 0) -> Path:
     """A tiny random base of `family` in out_dir (config.json, model.safetensors, tokenizer.json,
     preprocessor_config.json), loadable with from_pretrained(out_dir)."""
     import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, XCLIPConfig, XCLIPModel, XCLIPTextConfig
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, XCLIPConfig, XCLIPModel, XCLIPTextConfig
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,8 +100,7 @@ def save_tiny_base(family: str, out_dir: Path, frames: int = 4, image_size: int 
     elif family == "dual-encoder":
         parts = out_dir.parent / f".{out_dir.name}-towers"
         save_tiny_vision(parts / "vision", image_size, seed)
-        CLIPTextModel(tiny_text_config(CLIPTextConfig)).save_pretrained(str(parts / "text"))
-        build_tokenizer().save(str(parts / "text" / "tokenizer.json"))
+        save_tiny_text(parts / "text", seed)
         compose_dual_encoder(parts / "vision", parts / "text", out_dir, seed=seed)
         shutil.rmtree(parts)
         return out_dir
