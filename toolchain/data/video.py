@@ -52,19 +52,20 @@ def frame_count(container, stream) -> int:
 def _decode_seeking(container, stream, n: int, max_frames: int, stats: dict) -> list[np.ndarray] | None:
     """The frames at frame_indices(n, max_frames), reached by keyframe seeks plus forward decoding.
 
-    Frame j is the first frame whose timestamp reaches start + j / fps. None when the stream's
-    timestamps do not support that (the caller then decodes the file whole).
+    Frame j is the first frame whose timestamp reaches start + j / fps. A seek is worth it only when
+    a keyframe lies between the current position and the target; the keyframe interval (GOP) is
+    learnt from the keyframes seen. None when the stream's timestamps do not support this (the
+    caller then decodes the file whole).
     """
     tb, rate = stream.time_base, stream.average_rate
     if not tb or not rate:
         return None
     start = stream.start_time or 0
     step = 1 / (rate * tb)  # one frame in stream time units
-    out, frames, last = [], None, None
-    ahead = SEEK_AHEAD * step
+    out, frames, pos = [], None, _Position(SEEK_AHEAD * step)
     for j in frame_indices(n, max_frames):
         target = start + int(round(j * step))
-        seeked = frames is None or target - last > ahead
+        seeked = frames is None or pos.worth_seeking(target)
         if seeked:
             container.seek(target, backward=True, any_frame=False, stream=stream)
             frames = container.decode(stream)
@@ -72,17 +73,38 @@ def _decode_seeking(container, stream, n: int, max_frames: int, stats: dict) -> 
             stats["decoded"] = stats.get("decoded", 0) + 1
             if frame.pts is None:
                 return None
-            if seeked and last is not None and frame.pts <= last:
-                # Landed on a keyframe behind where we were: the GOP is longer than `ahead`, so
-                # targets this close are cheaper to reach by decoding forward.
-                ahead = max(ahead, target - frame.pts)
-            seeked, last = False, frame.pts
+            pos.saw(frame, target, seeked)
+            seeked = False
             if frame.pts >= target - step / 2:
                 out.append(frame.to_ndarray(format="rgb24"))
                 break
         else:
             return None  # ran out before the target: header frame count was too high
     return out
+
+
+class _Position:
+    """Where decoding stands and what is known of the keyframe spacing."""
+
+    def __init__(self, ahead: float):
+        self.last = self.last_key = self.gop = None
+        self.ahead = ahead  # before the GOP is known: seek only for targets further than this
+
+    def worth_seeking(self, target) -> bool:
+        if self.gop is not None and self.last_key is not None:
+            return target >= self.last_key + self.gop  # a keyframe lies between here and the target
+        return target - self.last > self.ahead
+
+    def saw(self, frame, target, after_seek: bool) -> None:
+        if after_seek and self.last is not None and frame.pts <= self.last:
+            # Landed on a keyframe behind where we were: the GOP is longer than `ahead`.
+            self.ahead = max(self.ahead, target - frame.pts)
+        if frame.key_frame:
+            if self.last_key is not None and frame.pts > self.last_key:
+                gap = frame.pts - self.last_key
+                self.gop = gap if self.gop is None else min(self.gop, gap)
+            self.last_key = frame.pts
+        self.last = frame.pts
 
 
 def _read(path: Path, max_frames: int | None, stats: dict) -> np.ndarray:
