@@ -16,11 +16,12 @@ from toolchain.models.families import save_tiny_base
 from toolchain.progress import Reporter
 from toolchain.recipe import load_recipe
 
-# family, pooling, dataset format: every family and every real format once
+# family, pooling, dataset format. The dual-encoder family on the MSR-VTT fixture runs in
+# test_real_weights.py (real MiniLM text tower), and jsonl is the shared tiny_run's format: with
+# these, every family and every format is fine-tuned and exported once.
 CASES = {
     "clip-transformer": ("clip", "transformer", "csv"),
     "xclip": ("xclip", "mean", "vatex"),
-    "dual-encoder": ("dual-encoder", "mean", "msrvtt"),
 }
 
 
@@ -96,7 +97,7 @@ def test_family_must_match_the_checkpoint(tmp_path):
 
 def test_cli_composes_a_dual_encoder_from_two_checkpoints(tmp_path, run_cli):
     from toolchain.models.build import base_info
-    from toolchain.models.families import save_tiny_text, save_tiny_vision
+    from toolchain.models.families import compose_dual_encoder, save_tiny_text, save_tiny_vision
 
     vision, text = save_tiny_vision(tmp_path / "v"), save_tiny_text(tmp_path / "t")
     out = tmp_path / "dual"
@@ -105,8 +106,6 @@ def test_cli_composes_a_dual_encoder_from_two_checkpoints(tmp_path, run_cli):
     info = base_info(str(out), "dual-encoder")
     assert info.tokenizer.read_bytes() == (text / "tokenizer.json").read_bytes() and info.resize_shortest == 36
     assert json.loads((out / "config.json").read_text())["projection_dim"] == 32
-    again = run_cli("base", "dual-encoder", vision, text, out)
-    assert again.returncode == 2 and "already exists; pass --force" in again.stderr
     (text / "tokenizer.json").unlink()
-    bad = run_cli("base", "dual-encoder", vision, text, tmp_path / "dual2")
-    assert bad.returncode == 2 and "has no tokenizer.json" in bad.stderr and "Traceback" not in bad.stderr
+    with pytest.raises(RecipeError, match="has no tokenizer.json"):
+        compose_dual_encoder(vision, text, tmp_path / "dual2")

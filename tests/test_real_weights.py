@@ -38,6 +38,9 @@ def test_minilm_dual_encoder_passes_the_int8_gate(tmp_path):
     ])
     result = finetune(recipe, tmp_path / "run", False, Reporter(quiet=True))
     assert result["trainable_params"] > 0 and result["total_params"] > 22_000_000  # MiniLM's 22.7M are in
+    # MSR-VTT fixture: 9k-style train split takes every caption, 1k-A-style test split one per clip
+    assert (result["train_clips"], result["train_captions"]) == (4, 8)
+    assert (result["eval_clips"], result["eval_captions"]) == (3, 3)
     parity = export_run(tmp_path / "run", tmp_path / "export", False, None, Reporter(quiet=True))
     int8 = parity["variants"]["int8"]
     assert int8["passed"], int8["failures"]
