@@ -109,15 +109,24 @@ def frame_cache(recipe: Recipe) -> FrameCache:
     return FrameCache(Path(recipe.data.cache_dir).expanduser() if recipe.data.cache_dir else default_cache_dir())
 
 
-def load_data(recipe: Recipe, prepare, report: Reporter) -> tuple[ClipSet, ClipSet]:
-    """Both splits of the recipe's dataset, decoded through the frame cache; prints what was skipped
-    and the data-loading benchmark line (clips/s, cache hits and misses)."""
+def read_splits(recipe: Recipe, report: Reporter) -> dict:
+    """Both splits' (video, caption) pairs, read before any model loads so a data mistake fails fast;
+    what was skipped is reported with the first few examples."""
     ensure_data(recipe.data, report)
+    splits = {}
+    for which in ("train", "eval"):
+        splits[which] = read_split(recipe.data, which)
+        if (line := skip_summary(which, splits[which])) is not None:
+            report.warn(line)
+    return splits
+
+
+def load_data(recipe: Recipe, splits: dict, prepare, report: Reporter) -> tuple[ClipSet, ClipSet]:
+    """Decode both splits through the frame cache and prepare their frames; prints the data-loading
+    benchmark line (clips/s, cache hits and misses) per split."""
     cache, out = frame_cache(recipe), []
     for which in ("train", "eval"):
-        split = read_split(recipe.data, which)
-        if (line := skip_summary(which, split)) is not None:
-            report.warn(line)
+        split = splits[which]
         with report.task(f"decoding {which} videos", None) as adv:
             clips = load_clips(split, prepare, recipe.frames.decode_max_frames, cache, adv.progress)
         report.skipped(clips.skipped[len(split.skipped):])
@@ -184,12 +193,13 @@ def finetune(recipe: Recipe, run_dir: Path, force: bool, report: Reporter) -> di
     """Run the whole fine-tune and write run_dir atomically; returns eval.json's content."""
     rundir.check_target(run_dir, force)
     torch.manual_seed(recipe.train.seed)
+    splits = read_splits(recipe, report)
     info, device = model_info(recipe), pick_device()
     model = build_trainable(recipe, info, device)
     n_train, n_total = trainable_parameters(model)
     report.say(f"base {recipe.model.name_or_path}: {n_total:,} parameters, {n_train:,} trainable "
                f"({100 * n_train / n_total:.2f}%), quantization {recipe.adapters.quantization}, device {device}")
-    train, evalset = load_data(recipe, model.prepare_frames, report)
+    train, evalset = load_data(recipe, splits, model.prepare_frames, report)
     tr_ids, tr_mask = tokenize(info, train.captions, device)
     ev_ids, ev_mask = tokenize(info, evalset.captions, device)
     with rundir.building(run_dir) as tmp:
