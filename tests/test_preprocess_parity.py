@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from toolchain.data.synth import COLORS, blank_frame, draw_shape
+from toolchain.data.synth import COLORS, draw_shape
 from toolchain.models.build import base_info
 from toolchain.models.families import save_tiny_base, write_processor
 from toolchain.models.preprocess import preprocess_frames
