@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from toolchain.data.cache import FrameCache
-from toolchain.data.formats import Split
+from toolchain.data.formats import Split, read_jsonl
 from toolchain.errors import DataError, VideoReadError
+from toolchain.recipe import DataSection
 
 
 class PairView:
@@ -29,6 +31,10 @@ class PairView:
 
     def __len__(self) -> int:
         return len(self.video_of)
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self.video_of), *self.per_video.shape[1:])
 
 
 @dataclass
@@ -66,13 +72,18 @@ def group_by_video(split: Split) -> tuple[list, list[list[str]]]:
 
 
 def load_clips(
-    split: Split,
+    split: Split | Path | str,
     prepare: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     max_frames: int,
     cache: FrameCache | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ClipSet:
-    """`prepare` maps uint8 [1,N,H,W,3] to (pixels, indices, motion) — the model's own path."""
+    """`prepare` maps uint8 [1,N,H,W,3] to (pixels, indices, motion) — the model's own path.
+
+    `split`: a read split, or the path of a jsonl annotation file.
+    """
+    if not isinstance(split, Split):
+        split = read_jsonl(DataSection(format="jsonl"), str(split))
     cache = cache or FrameCache(None)
     hits0, misses0, t0 = cache.hits, cache.misses, time.perf_counter()
     videos, caption_lists = group_by_video(split)
