@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -50,25 +51,61 @@ def reporter(quiet: bool = False):
 
 @app.command()
 def finetune(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. recipes/shapes-tiny.yaml.")],
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. recipes/shapes-tiny.yaml; with --resume also a run dir.")],
     output_dir: Annotated[Optional[Path], typer.Option(help="Run dir (default: runs/NAME).")] = None,
     force: ForceOpt = False,
     set_: SetOpt = [],
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its newest checkpoint.")] = False,
+    processes: Annotated[int, typer.Option(min=1, help="Data-parallel training processes (accelerate DDP; gloo on CPU, one GPU each).")] = 1,
 ):
-    """Fine-tune with QLoRA (4-bit base + LoRA) and write runs/NAME/."""
+    """Fine-tune with QLoRA (4-bit base + LoRA) and write runs/NAME/ (checkpointed; --resume continues)."""
+    cfg, target = finetune_target(recipe, output_dir, resume, set_)  # a bad key fails before any model loads
+    require_train_extra()
+    from toolchain import distributed
+    from toolchain.train import finetune as run, prepare_run
+
+    if processes > 1 and not distributed.is_worker():
+        prepare_run(cfg, target, force, resume, reporter(), distributed.Processes())  # user mistakes: here, once
+        argv = ["finetune", str(recipe), "--output-dir", str(target), "--resume", *(["--force"] * force)]
+        distributed.launch(processes, argv + [a for item in set_ for a in ("--set", item)])
+        return  # the main worker printed the summary
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    result = run(cfg, target, force, reporter(quiet=not main_process), resume)
+    if result is not None:  # None: a worker other than the main one
+        print_finetune_summary(result, target)
+
+
+def finetune_target(recipe: Path, output_dir: Optional[Path], resume: bool, sets: list[str]):
+    """(recipe, run dir): from a recipe file, or with --resume from a run dir's interrupted copy."""
     from toolchain.recipe import load_recipe
 
-    cfg = load_recipe(recipe, set_)  # fails on a bad key before any model loads
+    if not (resume and (recipe.is_dir() or recipe.suffix not in (".yaml", ".yml"))):
+        cfg = load_recipe(recipe, sets)
+        return cfg, output_dir or Path("runs") / cfg.name
     require_train_extra()
-    from toolchain.train import finetune as run
+    from toolchain.checkpoint import CheckpointError, run_dir_of, work_dir
 
-    target = output_dir or Path("runs") / cfg.name
-    result = run(cfg, target, force, reporter())
+    target = output_dir or run_dir_of(recipe)
+    saved = work_dir(target) / "recipe.yaml"
+    if not saved.is_file():
+        done = " (that run is complete)" if (target / "eval.json").is_file() else ""
+        raise CheckpointError(f"nothing to resume at {target}{done}: {saved} not found. "
+                              "Start a run with `vqtool finetune RECIPE`")
+    return load_recipe(saved, sets), target
+
+
+def print_finetune_summary(result: dict, target: Path) -> None:
     b, f = result["base"]["t2v"], result["finetuned"]["t2v"]
     err.print(f"t2v R@1 on {result['eval_clips']} eval clips: base {b['r1']:.1f} -> fine-tuned {f['r1']:.1f}")
     within = result["base"].get("t2v_within_group_r1"), result["finetuned"].get("t2v_within_group_r1")
     if None not in within:
         err.print(f"direction R@1 (same colour and shape, chance 25): base {within[0]:.1f} -> fine-tuned {within[1]:.1f}")
+    skipped = result.get("skipped", [])
+    if skipped:
+        err.print(f"skipped {len(skipped)} unreadable video(s) (listed in {target / 'metrics.jsonl'} and eval.json):",
+                  highlight=False, markup=False)
+        for item in skipped:
+            err.print(f"  {item['video']}: {item['reason']}", highlight=False, markup=False)
     typer.echo(f"run written to {target}  (next: vqtool export {target})")
 
 

@@ -83,6 +83,8 @@ class TrainSection(Section):
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(10, ge=0)
     log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(50, ge=0)  # steps between resumable checkpoints; 0 disables them
+    keep: int = Field(2, ge=1)  # how many of the newest checkpoints to keep
 
     @model_validator(mode="after")
     def _one_length(self):
