@@ -21,29 +21,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from toolchain import rundir
-from toolchain.errors import RecipeError, VqtoolError
+from toolchain.errors import CheckpointError, RecipeError
 from toolchain.recipe import Recipe, dump_recipe, load_recipe
+from toolchain.rundir import run_dir_of, work_dir  # noqa: F401  (run_dir_of re-exported with the resume helpers)
 
 CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 # Keys that may change between a run and its resume without changing what is trained.
 HARMLESS_PREFIXES = ("name", "train.log_every", "train.checkpoint_every", "train.keep", "eval.", "export.",
                      "data.synthesize_if_missing", "data.synth_videos", "data.synth_seed")
-
-
-class CheckpointError(VqtoolError):
-    """A run cannot be resumed as asked (nothing to resume, changed recipe, mismatching checkpoint)."""
-
-
-def work_dir(run_dir: Path) -> Path:
-    """Where a run lives until it is complete: `runs/.NAME.partial` for `runs/NAME`."""
-    return run_dir.parent / f".{run_dir.name}.partial"
-
-
-def run_dir_of(path: Path) -> Path:
-    """`--resume` accepts the run dir (`runs/NAME`) or its partial dir (`runs/.NAME.partial`)."""
-    match = re.fullmatch(r"\.(.+)\.partial", path.name)
-    return path.with_name(match.group(1)) if match else path
 
 
 def open_work_dir(recipe: Recipe, run_dir: Path, force: bool, resume: bool) -> Path:

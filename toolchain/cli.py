@@ -43,9 +43,11 @@ def require_train_extra() -> None:
             raise MissingExtraError(module, "train") from None
 
 
-def reporter(quiet: bool = False):
+def reporter(quiet: bool = False, silent: bool = False):
     from toolchain.progress import Reporter
 
+    if silent:  # a worker other than the main one: the main one reports, warnings included
+        return Reporter(Console(file=open(os.devnull, "w")), quiet=True)
     return Reporter(err, quiet=quiet)
 
 
@@ -70,7 +72,7 @@ def finetune(
         distributed.launch(processes, argv + [a for item in set_ for a in ("--set", item)])
         return  # the main worker printed the summary
     main_process = int(os.environ.get("RANK", "0")) == 0
-    result = run(cfg, target, force, reporter(quiet=not main_process), resume)
+    result = run(cfg, target, force, reporter(silent=not main_process), resume)
     if result is not None:  # None: a worker other than the main one
         print_finetune_summary(result, target)
 
@@ -82,8 +84,8 @@ def finetune_target(recipe: Path, output_dir: Optional[Path], resume: bool, sets
     if not (resume and (recipe.is_dir() or recipe.suffix not in (".yaml", ".yml"))):
         cfg = load_recipe(recipe, sets)
         return cfg, output_dir or Path("runs") / cfg.name
-    require_train_extra()
-    from toolchain.checkpoint import CheckpointError, run_dir_of, work_dir
+    from toolchain.errors import CheckpointError
+    from toolchain.rundir import run_dir_of, work_dir
 
     target = output_dir or run_dir_of(recipe)
     saved = work_dir(target) / "recipe.yaml"

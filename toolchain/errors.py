@@ -42,6 +42,10 @@ class ParityError(VqtoolError):
     exit_code = 1
 
 
+class CheckpointError(VqtoolError):
+    """A run cannot be resumed as asked (nothing to resume, changed recipe, mismatching checkpoint)."""
+
+
 class TrainingDivergedError(VqtoolError):
     """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
 

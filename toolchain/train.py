@@ -15,13 +15,13 @@ from export.tokenize import encode_texts, load_tokenizer
 from toolchain import distributed, rundir
 from toolchain.adapters.temporal import attach_temporal, plain_lora_view, save_temporal
 from toolchain.adapters.qlora import add_lora, bnb_config, keep_training_layout, trainable_parameters
-from toolchain.checkpoint import (CheckpointError, checkpoint_step, latest_checkpoint, load_checkpoint, open_work_dir,
+from toolchain.checkpoint import (checkpoint_step, latest_checkpoint, load_checkpoint, open_work_dir,
                                   rewind_metrics, save_checkpoint)
 from toolchain.data.clips import ClipSet, caption_targets, load_clips
 from toolchain.data.prepare import ensure_data
 from toolchain.data.synth import appearance
 from toolchain.distributed import LossModule, Processes, parameters_digest, shard
-from toolchain.errors import TrainingDivergedError
+from toolchain.errors import CheckpointError, TrainingDivergedError
 from toolchain.evaluate import retrieval_metrics
 from toolchain.models.build import BaseInfo, base_info, load_clip
 from toolchain.models.video_clip import VideoCLIP
