@@ -45,14 +45,26 @@ def test_parameters_digest_sees_trainable_changes_only():
     assert parameters_digest(model) != before
 
 
+def absolute_rows(jsonl, limit=None) -> list[dict]:
+    rows = [json.loads(x) for x in jsonl.read_text().splitlines()[:limit]]
+    return [{**r, "video": str(jsonl.parent / r["video"])} for r in rows]
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_train_one_adapter_and_agree(run_cli, shapes_data, tmp_path):
-    eval_lines = (shapes_data / "eval.jsonl").read_text().splitlines()[:8]
-    (tmp_path / "eval.jsonl").write_text("\n".join(
-        json.dumps({**json.loads(x), "video": str(shapes_data / json.loads(x)["video"])}) for x in eval_lines) + "\n")
+    """Also the end-to-end bad-input run: unreadable training files are skipped and listed once."""
+    from test_bad_inputs import write_bad_files
+
+    bad = write_bad_files(tmp_path, shapes_data / absolute_rows(shapes_data / "train.jsonl", 1)[0]["video"])
+    write_jsonl(tmp_path / "train.jsonl", absolute_rows(shapes_data / "train.jsonl")
+                + [{"video": str(tmp_path / name), "caption": "a red circle moves left"} for name in bad])
+    write_jsonl(tmp_path / "eval.jsonl", absolute_rows(shapes_data / "eval.jsonl", 8))
     run_dir = tmp_path / "runs" / "ddp"
-    sets = [*TINY_OVERRIDES, *data_overrides(shapes_data), f"data.eval={tmp_path / 'eval.jsonl'}",
-            "train.max_steps=3", "train.checkpoint_every=2"]
+    sets = [*TINY_OVERRIDES, *data_overrides(tmp_path), "train.max_steps=3", "train.checkpoint_every=2"]
     proc = run_cli("finetune", SHIPPED_RECIPE, "--output-dir", run_dir, "--processes", "2",
                    *[a for s in sets for a in ("--set", s)])
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -68,6 +80,13 @@ def test_two_cpu_processes_train_one_adapter_and_agree(run_cli, shapes_data, tmp
     assert len(digests) == 2 and digests[0] == digests[1]  # bit-identical replicas after training
     assert info["evals_run"] == [2, 0]  # base and fine-tuned eval, on the main process only
     assert [r["step"] for r in rows if "step" in r] == [2, 3]  # log_every=2 and the last step, logged once
+    # Skipped files: listed once each in metrics.jsonl, eval.json and the end-of-run summary.
+    listed = sorted(r["video"] for r in rows if r.get("event") == "skipped")
+    assert listed == sorted(str(tmp_path / name) for name in bad)
+    assert sorted(s["video"] for s in json.loads((run_dir / "eval.json").read_text())["skipped"]) == listed
+    assert f"skipped {len(bad)} unreadable video(s)" in proc.stderr
+    for video in listed:
+        assert proc.stderr.count(f"  {video}: ") == 1
     # The checkpoint of the main process is what both ranks hold.
     from safetensors.torch import load_file
 
