@@ -67,7 +67,7 @@ class AdaptersSection(Section):
     double_quant: bool = True
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     rank: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
+    alpha: float = Field(16.0, gt=0, allow_inf_nan=False)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = ["q_proj", "k_proj", "v_proj", "out_proj"]
     temporal: TemporalSection = TemporalSection()
@@ -76,11 +76,11 @@ class AdaptersSection(Section):
 class TrainSection(Section):
     max_steps: int | None = Field(None, ge=1)
     epochs: int | None = Field(None, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(2e-3, gt=0, allow_inf_nan=False)
     batch_size: int = Field(16, ge=2)
     grad_accumulation: int = Field(1, ge=1)
     seed: int = 0
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     warmup_steps: int = Field(10, ge=0)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=0)  # steps between resumable checkpoints; 0 disables them
