@@ -247,3 +247,35 @@ def test_resume_with_nothing_to_resume_is_a_clean_error(run_cli, tmp_path):
     proc = run_cli("finetune", tmp_path / "runs" / "never", "--resume")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "nothing to resume" in proc.stderr and "vqtool finetune RECIPE" in proc.stderr
+
+
+def test_a_checkpoint_resumes_only_with_the_process_count_that_wrote_it(tmp_path):
+    from toolchain.checkpoint import check_processes
+
+    model, opt, sched = tiny_training()
+    check_processes(tmp_path, 3)  # nothing written yet: any count
+    save_checkpoint(tmp_path, 1, model, opt, sched, {"processes": 2}, keep=1)
+    check_processes(tmp_path, 2)
+    with pytest.raises(CheckpointError, match="--processes 2"):
+        check_processes(tmp_path, 1)
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_a_failed_run_keeps_its_partial_dir_only_if_there_is_something_to_resume(tiny_recipe, tmp_path, monkeypatch,
+                                                                                   checkpointed):
+    import toolchain.train as train
+    from toolchain.progress import Reporter
+
+    def fail(recipe, work, report, procs):
+        if checkpointed:
+            model, opt, sched = tiny_training()
+            save_checkpoint(work, 1, model, opt, sched, {"processes": 1}, keep=1)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(train, "train_and_evaluate", fail)
+    run_dir = tmp_path / "runs" / "r"
+    with pytest.raises(RuntimeError, match="boom"):
+        train.finetune(tiny_recipe, run_dir, False, Reporter(quiet=True))
+    assert not run_dir.exists()
+    assert work_dir(run_dir).exists() == checkpointed
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ([".r.partial"] if checkpointed else [])

@@ -96,6 +96,17 @@ def latest_checkpoint(work: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def check_processes(work: Path, world: int) -> None:
+    """A checkpoint resumes only with the process count that wrote it (the data order depends on it)."""
+    newest = latest_checkpoint(work)
+    if newest is None:
+        return
+    wrote = json.loads((newest / "state.json").read_text())["processes"]
+    if wrote != world:
+        raise CheckpointError(f"{newest} was written by {wrote} training process(es), this run has {world}; "
+                              f"resume with --processes {wrote}, or start over with --force")
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 

@@ -67,7 +67,7 @@ def finetune(
     from toolchain.train import finetune as run, prepare_run
 
     if processes > 1 and not distributed.is_worker():
-        prepare_run(cfg, target, force, resume, reporter(), distributed.Processes())  # user mistakes: here, once
+        prepare_run(cfg, target, force, resume, reporter(), distributed.Processes(), processes)  # user mistakes: here, once
         argv = ["finetune", str(recipe), "--output-dir", str(target), "--resume", *(["--force"] * force)]
         distributed.launch(processes, argv + [a for item in set_ for a in ("--set", item)])
         return  # the main worker printed the summary

@@ -15,13 +15,13 @@ from export.tokenize import encode_texts, load_tokenizer
 from toolchain import distributed, rundir
 from toolchain.adapters.temporal import attach_temporal, plain_lora_view, save_temporal
 from toolchain.adapters.qlora import add_lora, bnb_config, keep_training_layout, trainable_parameters
-from toolchain.checkpoint import (checkpoint_step, latest_checkpoint, load_checkpoint, open_work_dir,
+from toolchain.checkpoint import (check_processes, checkpoint_step, latest_checkpoint, load_checkpoint, open_work_dir,
                                   rewind_metrics, save_checkpoint)
 from toolchain.data.clips import ClipSet, caption_targets, load_clips
 from toolchain.data.prepare import ensure_data
 from toolchain.data.synth import appearance
 from toolchain.distributed import LossModule, Processes, parameters_digest, shard
-from toolchain.errors import CheckpointError, TrainingDivergedError
+from toolchain.errors import TrainingDivergedError
 from toolchain.evaluate import retrieval_metrics
 from toolchain.models.build import BaseInfo, base_info, load_clip
 from toolchain.models.video_clip import VideoCLIP
@@ -162,9 +162,6 @@ def resume_state(work: Path, model, opt, sched, procs: Processes, report: Report
     if newest is None:
         return 0
     state = load_checkpoint(newest, model, opt, sched)
-    if state["processes"] != procs.world:
-        raise CheckpointError(f"{newest} was written by {state['processes']} training process(es); resume with "
-                              f"--processes {state['processes']} (the data order depends on it)")
     if procs.is_main:
         append_metrics(work, [{"event": "resumed", "from_step": state["step"]}])
     report.say(f"resuming from {newest} (step {state['step']} of {state['total']})")
@@ -247,14 +244,18 @@ def train_and_evaluate(recipe: Recipe, work: Path, report: Reporter, procs: Proc
 
 
 def prepare_run(recipe: Recipe, run_dir: Path, force: bool, resume: bool, report: Reporter,
-                procs: Processes) -> tuple[Recipe, Path]:
-    """Checks and the partial dir, before any model loads; the main process goes first (it may write)."""
+                procs: Processes, world: int | None = None) -> tuple[Recipe, Path]:
+    """Checks and the partial dir, before any model loads; the main process goes first (it may write).
+
+    `world`: how many processes will train (default: procs.world; the launcher checks for its workers).
+    """
     rundir.check_target(run_dir, force)
     if not procs.is_main:
         procs.wait()
     train_file, eval_file = ensure_data(recipe.data, report)
     recipe = resolved(recipe, train_file, eval_file)
     work = open_work_dir(recipe, run_dir, force, resume or not procs.is_main)
+    check_processes(work, world or procs.world)
     if procs.is_main:
         rewind_metrics(work / "metrics.jsonl", checkpoint_step(latest_checkpoint(work)))
         procs.wait()
