@@ -146,6 +146,7 @@ def save_checkpoint(work: Path, step: int, model, opt, sched, info: dict, keep: 
     save_file(tensors, str(tmp / "rng.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, **info, "rng": plain}) + "\n")
     for f in tmp.iterdir():
+        f.chmod(0o644)  # safetensors writes 0600; a run dir should read like any other directory
         fsync(f)
     if final.exists():  # the same step again after a resume: replace it
         shutil.rmtree(final)
