@@ -246,5 +246,6 @@ def main() -> None:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err.print("interrupted (a fine-tune continues from its newest checkpoint with `vqtool finetune ... --resume`)",
+                  highlight=False, markup=False)
         sys.exit(130)
