@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import SHIPPED_RECIPE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -236,3 +237,25 @@ def test_finetune_and_export_with_an_importance_plan(tmp_path, tiny_recipe, run_
     assert len(config["rank_pattern"]) == len(ranks["layers"])
     parity = export_run(tmp_path / "run", tmp_path / "export", False, ["fp32"], Reporter(quiet=True))
     assert parity["passed"], parity
+
+
+def test_adapters_plan_cli_prints_groups_and_a_plan_within_budget(run_cli):
+    shares = "adapters.ranks.shares={vision: 0.6, text: 0.2, fusion: 0.2}"
+    out = run_cli("adapters", "plan", SHIPPED_RECIPE, "--set", "adapters.ranks.strategy=manual",
+                  "--set", shares, "--set", "adapters.ranks.budget=40000", "--json")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert abs(plan["total"] / 40_000 - 1) <= TOLERANCE
+    assert set(plan["groups"]) == {"vision", "text", "fusion"}
+    assert abs(plan["groups"]["vision"]["params"] / plan["total"] - 0.6) < 0.02
+    table = run_cli("adapters", "plan", SHIPPED_RECIPE, "--layers")
+    assert table.returncode == 0, table.stderr
+    assert "module groups" in table.stdout and "rank allocation (uniform)" in table.stdout
+    assert "vision_model.encoder.layers.3.mlp.fc2" in table.stdout
+
+
+def test_adapters_plan_cli_rejects_bad_shares_without_a_traceback(run_cli):
+    out = run_cli("adapters", "plan", SHIPPED_RECIPE, "--set", "adapters.ranks.strategy=manual",
+                  "--set", "adapters.ranks.shares={vision: 0.7, audio: 0.3}")
+    assert out.returncode == 2
+    assert "unknown group 'audio'" in out.stderr and "Traceback" not in out.stderr
