@@ -1,9 +1,9 @@
 """Ablation: uniform vs manual vs importance rank allocation at the same adapter budget.
 
-Run: python scripts/ablate_ranks.py [--recipe recipes/shapes-tiny.yaml] [--budgets 8608,68864]
+Run: python scripts/ablate_ranks.py [--recipe recipes/shapes-tiny.yaml] [--budgets 25824,68864]
      [--out runs/ablate-ranks] [--set KEY=VALUE ...]
 Each arm is a real `finetune` of the recipe with only adapters.ranks changed. The budgets default
-to the recipe's uniform rank 1 and rank 8 (multiples of one rank everywhere, so uniform meets them
+to the recipe's uniform rank 3 and rank 8 (multiples of one rank everywhere, so uniform meets them
 exactly); the table (markdown) and rows (JSON) go to --out. Finished arms are not run again.
 """
 
@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from toolchain.errors import RecipeError
 from toolchain.progress import Reporter
 from toolchain.quiet import quiet_libraries
 from toolchain.recipe import load_recipe
@@ -50,7 +51,7 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="recipes/shapes-tiny.yaml")
-    ap.add_argument("--budgets", default="8608,68864")
+    ap.add_argument("--budgets", default="25824,68864")
     ap.add_argument("--out", type=Path, default=Path("runs/ablate-ranks"))
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
@@ -66,7 +67,11 @@ def main() -> None:
             report.say(f"== budget {budget:,}: {arm}")
             recipe = load_recipe(args.recipe, args.overrides + sets + [f"adapters.ranks.budget={budget}"])
             run_dir = args.out / f"{budget}-{arm.replace(' ', '_').replace('/', '-')}"
-            result = finetune(recipe, run_dir, True, report)
+            try:
+                result = finetune(recipe, run_dir, True, report)
+            except RecipeError as exc:  # an allocation this budget cannot meet: say so, run the rest
+                report.warn(f"{arm} at budget {budget:,}: {exc}")
+                continue
             rows.append(row(arm, budget, result, json.loads((run_dir / "ranks.json").read_text())))
             done_file.write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "results.md").write_text(markdown(rows))
