@@ -23,7 +23,9 @@ recipe_app = typer.Typer(help="Check and show recipes.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: generate the synthetic shapes set.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 bench_app = typer.Typer(help="Benchmarks: measured side by side in one run, medians and ratios.", no_args_is_help=True)
+adapters_app = typer.Typer(help="Adapters: how the LoRA budget is split over vision, text and fusion.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(adapters_app, name="adapters")
 app.add_typer(bench_app, name="bench")
 err = Console(stderr=True)
 
@@ -183,6 +185,33 @@ def recipe_validate(
     if show:
         typer.echo(dump_recipe(cfg))
     typer.echo(f"{recipe}: ok ({cfg.adapters.quantization} base, LoRA rank {cfg.adapters.rank}, K={cfg.frames.k})")
+
+
+@adapters_app.command("plan")
+def adapters_plan(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose adapters section to plan.")],
+    set_: SetOpt = [],
+    layers: Annotated[bool, typer.Option("--layers", help="Also list every layer with its rank.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print ranks.json's content instead of tables.")] = False,
+):
+    """Show module groups, their linear layers and the rank allocation finetune would use."""
+    from toolchain.recipe import load_recipe
+
+    cfg = load_recipe(recipe, set_)
+    require_train_extra()
+    from toolchain.adapters.ranks import group_table, layer_table, plan_table
+    from toolchain.train import plan_recipe
+
+    plan = plan_recipe(cfg, reporter(quiet=as_json))
+    if as_json:
+        typer.echo(json.dumps(plan.to_json(), indent=2))
+        return
+    typer.echo(group_table(plan))
+    typer.echo("")
+    typer.echo(plan_table(plan))
+    if layers:
+        typer.echo("")
+        typer.echo(layer_table(plan))
 
 
 @data_app.command("synth")

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from export.tokenize import encode_texts, load_tokenizer
 from toolchain import distributed, rundir
 from toolchain.adapters.temporal import attach_temporal, plain_lora_view, save_temporal
+from toolchain.adapters.groups import linear_layers
+from toolchain.adapters.ranks import RankPlan, plan_ranks, plan_table, temporal_extra
 from toolchain.adapters.qlora import add_lora, bnb_config, keep_training_layout, trainable_parameters
 from toolchain.checkpoint import (check_processes, checkpoint_step, latest_checkpoint, load_checkpoint, open_work_dir,
                                   rewind_metrics, save_checkpoint)
@@ -38,11 +40,11 @@ def build_video_model(recipe: Recipe, info: BaseInfo, clip) -> VideoCLIP:
     return VideoCLIP(clip, f.k, f.selector, info.image_size, info.mean, info.std)
 
 
-def build_trainable(recipe: Recipe, info: BaseInfo, device: str) -> VideoCLIP:
-    """The model as trained: quantized frozen base (per recipe) plus LoRA adapters."""
+def build_trainable(recipe: Recipe, info: BaseInfo, device: str, plan: RankPlan | None = None) -> VideoCLIP:
+    """The model as trained: quantized frozen base (per recipe) plus LoRA adapters (ranks per plan)."""
     clip = load_clip(info.path, bnb_config(recipe.adapters), device)
     keep_training_layout(clip)
-    model = build_video_model(recipe, info, add_lora(clip, recipe.adapters))
+    model = build_video_model(recipe, info, add_lora(clip, recipe.adapters, plan))
     if recipe.adapters.temporal.enabled:
         attach_temporal(model.clip, recipe.adapters.temporal, recipe.frames.k, model.temporal)
     return model
@@ -77,6 +79,34 @@ def evaluate_model(model: VideoCLIP, clips: ClipSet, ids, mask, batch: int, proc
     video, text = embed_set(model, clips, ids, mask, batch)
     groups = [appearance(c) for c in clips.captions]
     return retrieval_metrics((text @ video.T).numpy(), groups if None not in groups else None)
+
+
+def allocate_ranks(recipe: Recipe, model: VideoCLIP, clips: ClipSet | None, ids, mask, report: Reporter) -> RankPlan:
+    """Split the adapter budget; `model` (uniform at adapters.rank) is the probe for importance."""
+    a = recipe.adapters
+    layers = linear_layers(model.clip, a.target_modules)
+    n_train, n_total = trainable_parameters(model)
+    scores = None
+    if a.ranks.strategy == "importance":
+        from toolchain.adapters.calibrate import fisher_scores
+
+        batch = min(recipe.train.batch_size, len(clips.captions))
+        stream = batch_stream(len(clips.captions), batch, recipe.train.seed)
+        dev = ids.device
+
+        def batches():
+            for _ in range(a.ranks.calibration_batches):
+                idx = next(stream)
+                caps = [clips.captions[i] for i in idx.tolist()]
+                yield model, clips.pixels[idx].to(dev), clips.motion[idx].to(dev), ids[idx], mask[idx], caps
+
+        with report.task("layer importance (Fisher of the probe)", a.ranks.calibration_batches) as adv:
+            scores = fisher_scores(model, batches(), contrastive_loss, adv)
+    return plan_ranks(a, layers, temporal_extra(layers, a.temporal, recipe.frames.k), n_total - n_train, scores)
+
+
+def needs_rebuild(plan: RankPlan, rank: int) -> bool:
+    return any(x.rank != rank for x in plan.layers)
 
 
 def lr_lambda(warmup: int, total: int):
@@ -207,10 +237,6 @@ def train_and_evaluate(recipe: Recipe, work: Path, report: Reporter, procs: Proc
     torch.manual_seed(recipe.train.seed)
     info, device = base_info(recipe.model.name_or_path), procs.device or pick_device()
     model = build_trainable(recipe, info, device)
-    n_train, n_total = trainable_parameters(model)
-    report.say(f"base {recipe.model.name_or_path}: {n_total:,} parameters, {n_train:,} trainable "
-               f"({100 * n_train / n_total:.2f}%), quantization {recipe.adapters.quantization}, device {device}"
-               + (f", {procs.world} processes" if procs.world > 1 else ""))
     mf = recipe.frames.decode_max_frames
     with report.task("decoding train videos", None) as adv:
         train = load_clips(Path(recipe.data.train), model.prepare_frames, mf, adv.progress)
@@ -220,8 +246,19 @@ def train_and_evaluate(recipe: Recipe, work: Path, report: Reporter, procs: Proc
     report.skipped(skipped)
     tr_ids, tr_mask = tokenize(info, train.captions, device)
     ev_ids, ev_mask = tokenize(info, evalset.captions, device)
+    plan = allocate_ranks(recipe, model, train, tr_ids, tr_mask, report)
+    if needs_rebuild(plan, recipe.adapters.rank):
+        model = None  # free the probe before building the allocated model
+        torch.manual_seed(recipe.train.seed)
+        model = build_trainable(recipe, info, device, plan)
+    report.say(plan_table(plan))
+    n_train, n_total = trainable_parameters(model)
+    report.say(f"base {recipe.model.name_or_path}: {n_total:,} parameters, {n_train:,} trainable "
+               f"({100 * n_train / n_total:.2f}%), quantization {recipe.adapters.quantization}, device {device}"
+               + (f", {procs.world} processes" if procs.world > 1 else ""))
     base = None
     if procs.is_main:
+        rundir.write_json(work / "ranks.json", plan.to_json())
         append_metrics(work, [{"event": "skipped", "video": v, "reason": r} for v, r in skipped])
         base = base_eval(work, lambda: evaluate_model(model, evalset, ev_ids, ev_mask, recipe.eval.batch_size, procs))
     t0 = time.perf_counter()
@@ -291,3 +328,21 @@ def resolved(recipe: Recipe, train_file: Path, eval_file: Path) -> Recipe:
     out.data.train, out.data.eval = str(train_file.resolve()), str(eval_file.resolve())
     out.data.synthesize_if_missing = False
     return out
+
+
+def plan_recipe(recipe: Recipe, report: Reporter) -> RankPlan:
+    """`vqtool adapters plan`: the allocation finetune would use, without training.
+
+    Uniform and manual plans need only the layer shapes; importance decodes the training set
+    and runs the calibration batches through the quantized probe, exactly as finetune does.
+    """
+    info, device = base_info(recipe.model.name_or_path), pick_device()
+    torch.manual_seed(recipe.train.seed)
+    model = build_trainable(recipe, info, device)
+    if recipe.adapters.ranks.strategy != "importance":
+        return allocate_ranks(recipe, model, None, None, None, report)
+    train_file, _ = ensure_data(recipe.data, report)
+    with report.task("decoding train videos", None) as adv:
+        train = load_clips(train_file, model.prepare_frames, recipe.frames.decode_max_frames, adv.progress)
+    ids, mask = tokenize(info, train.captions, device)
+    return allocate_ranks(recipe, model, train, ids, mask, report)
