@@ -78,5 +78,8 @@ def open_session(path, options, providers: list[str], explicit: bool):
                 f"{providers[0]} is listed by ONNX Runtime but did not start for {path} (it ran on {got[0]}); "
                 f"{GPU_FIX}; or use --providers auto"
             )
+        dropped = [p for p in trying if p not in got]
+        if dropped:  # ORT can also skip a provider without raising (e.g. a CUDA library failed to load)
+            print(f"warning: {', '.join(dropped)} did not start; running on {got[0]}", file=sys.stderr)
         return session
     raise VqtoolError("no ONNX Runtime execution provider to try")  # only if ORT lists none at all

@@ -22,7 +22,7 @@ def read_manifest(export_dir: Path) -> dict:
     """manifest.json of an export dir, checked: readable, a format this runtime knows, the keys it uses."""
     path = Path(export_dir) / "manifest.json"
     if not Path(export_dir).is_dir():
-        raise VqtoolError(f"export dir {export_dir} does not exist; make one with: vqtool export RUN_DIR")
+        raise VqtoolError(f"export dir {export_dir} does not exist (no {path}); make one with: vqtool export RUN_DIR")
     if not path.is_file():
         raise VqtoolError(f"{path} is missing, so {export_dir} is not an export dir; make one with: vqtool export RUN_DIR")
     try:
@@ -98,7 +98,6 @@ class VideoTextRuntime:
         self.variant = variant
         files = self.variant_files(variant)
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # errors only: ORT's warnings about node placement are noise here
         if threads:
             opts.intra_op_num_threads = threads
         chosen = choose_providers(providers)

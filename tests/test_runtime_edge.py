@@ -79,6 +79,7 @@ def test_reported_providers_are_what_ort_started(monkeypatch, tiny_export, capsy
     assert preloads == [1]  # GPU providers were on the list: the pip CUDA libraries get a chance to load
     out, err = capsys.readouterr()
     assert "preload noise" in err and out == ""  # stdout stays clean for `vqtool infer --json`
+    assert f"{TRT}, {CUDA} did not start; running on {CPU}" in err
 
 
 def test_explicit_provider_that_does_not_start_is_an_error(monkeypatch, tiny_export):
