@@ -98,6 +98,8 @@ class VideoTextRuntime:
         self.variant = variant
         files = self.variant_files(variant)
         opts = ort.SessionOptions()
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+            raise VqtoolError(f"threads must be a whole number >= 1 (0 or None: ONNX Runtime's default), got {threads!r}")
         if threads:
             opts.intra_op_num_threads = threads
         chosen = choose_providers(providers)

@@ -182,6 +182,11 @@ def test_missing_export_dir_and_graph_file(tiny_export, tmp_path):
 # --- inputs ----------------------------------------------------------------------------------------------
 
 
+def test_bad_thread_count(tiny_export):
+    with pytest.raises(VqtoolError, match="threads must be a whole number >= 1"):
+        VideoTextRuntime(tiny_export, threads=-2)
+
+
 def test_non_array_inputs_are_clear_errors(rt):
     with pytest.raises(VqtoolError, match="uint8 array"):
         check_frames([[1, 2], [3]])  # ragged
