@@ -139,7 +139,7 @@ def infer(
     video: Annotated[list[Path], typer.Option("--video", help="Video file (repeatable).")],
     text: Annotated[list[str], typer.Option("--text", help="Caption to score (repeatable).")],
     variant: Annotated[str, typer.Option(help="Which graph variant to run, e.g. fp32 or int8.")] = "fp32",
-    providers: Annotated[str, typer.Option(help="auto, or an ONNX Runtime provider name.")] = "auto",
+    providers: Annotated[str, typer.Option(help="auto (TensorRT > CUDA > CPU, as available), or e.g. cuda, cpu, tensorrt, a comma list or full ONNX Runtime names.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="Intra-op threads (default: ONNX Runtime's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
