@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: setup demo test clean
 
-$(BIN)/vqtool: pyproject.toml
+$(BIN)/vqtool: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
