@@ -200,6 +200,34 @@ def bench_frames(
     typer.echo(json.dumps({"accuracy": acc, "latency": lat}) if as_json else table)
 
 
+@bench_app.command("memory")
+def bench_memory(
+    arch: Annotated[str, typer.Option(help="tiny, or clip-vit-b32 (built from its config, random weights).")] = "clip-vit-b32",
+    frames: Annotated[int, typer.Option(help="Frames per clip (K).")] = 8,
+    batch: Annotated[int, typer.Option(help="Clips (and captions) per step.")] = 2,
+    steps: Annotated[int, typer.Option(help="Measured steps after one warm-up step; step_s is their median.")] = 3,
+    rank: Annotated[int, typer.Option(help="LoRA rank (all linear layers).")] = 8,
+    methods: Annotated[str, typer.Option(help="Comma list of full, lora, qlora, qlora-8bit.")] = "full,lora,qlora,qlora-8bit",
+    out: Annotated[Optional[Path], typer.Option(help="Also write memory.md and memory.json here (DIR).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+):
+    """Peak memory, weight memory, trainable parameters and step time of one training step per method."""
+    if frames < 1 or batch < 2 or steps < 1 or rank < 1:
+        raise VqtoolError("bench memory: need --frames >= 1, --batch >= 2 (contrastive), --steps >= 1, --rank >= 1")
+    require_train_extra()
+    from toolchain.bench.memory import markdown, run_memory_bench
+
+    result = run_memory_bench(arch, frames, batch, steps, rank, csv_list(methods), reporter())
+    table = markdown(result)
+    if out:
+        from toolchain.rundir import write_json, write_text
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "memory.md", table)
+        write_json(out / "memory.json", result)
+    typer.echo(json.dumps(result) if as_json else table)
+
+
 def main() -> None:
     try:
         app()
