@@ -228,6 +228,36 @@ def bench_memory(
     typer.echo(json.dumps(result) if as_json else table)
 
 
+@app.command()
+def ablate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe every cell starts from, e.g. recipes/shapes-tiny.yaml.")],
+    axes: Annotated[Optional[list[str]], typer.Argument(help="More AXIS=V1,V2 items (same as --grid).", show_default=False)] = None,
+    grid: Annotated[list[str], typer.Option("--grid", help="AXIS=V1,V2 with AXIS quant (nf4,fp4,int8,none), rank, "
+                                            "placement (qv,all-linear,vision,text) or frames; e.g. --grid quant=nf4,none rank=4,8.")] = [],
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps per cell.", min=1)] = 200,
+    out: Annotated[Optional[Path], typer.Option(help="Results dir (default: runs/ablate-NAME); re-running resumes it.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of the table.")] = False,
+    set_: SetOpt = [],
+):
+    """Short fine-tunes over a grid; results.csv, results.md and PNG plots; finished cells are not rerun."""
+    from toolchain.bench.ablate import parse_grid
+    from toolchain.recipe import load_recipe
+
+    cfg = load_recipe(recipe, set_)
+    parsed = parse_grid([*grid, *(axes or [])])  # bad recipes and grids fail before any work
+    require_train_extra()
+    from toolchain.bench.ablate import run_ablation
+
+    target = out or Path("runs") / f"ablate-{cfg.name}"
+    result = run_ablation(cfg, parsed, steps, target, reporter())
+    err.print(f"{result['ran']} cell(s) run, {result['skipped']} already done, {len(result['failed'])} failed; "
+              f"results in {target}")
+    typer.echo(json.dumps(result) if as_json else (target / "results.md").read_text())
+    if result["failed"]:
+        raise VqtoolError("ablate: cell(s) failed (finished ones are kept in results.csv):\n"
+                          + "\n".join(f"  - {f}" for f in result["failed"]))
+
+
 def main() -> None:
     try:
         app()

@@ -133,8 +133,9 @@ def measure(method: str, checkpoint: str, k: int, batch: int, steps: int, rank: 
     model = build_model(method, checkpoint, k, rank, device)
     data = random_batch(model, batch, k, device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    load_peak, baseline = peak_mb(device), current_mb(device)
-    was_reset = reset_peak(device)
+    load_peak = peak_mb(device)
+    was_reset = reset_peak(device)  # on CPU this first returns freed heap to the OS
+    baseline = current_mb(device)
     times = timed_steps(model, opt, data, steps, device)
     step_peak = peak_mb(device)
     trainable, total = trainable_parameters(model)
