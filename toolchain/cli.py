@@ -236,6 +236,8 @@ def ablate(
                                             "placement (qv,all-linear,vision,text) or frames; e.g. --grid quant=nf4,none rank=4,8.")] = [],
     steps: Annotated[int, typer.Option(help="Fine-tuning steps per cell.", min=1)] = 200,
     out: Annotated[Optional[Path], typer.Option(help="Results dir (default: runs/ablate-NAME); re-running resumes it.")] = None,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Run nothing: rewrite results.md and the plots "
+                                              "from the grid's cells already in results.csv.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of the table.")] = False,
     set_: SetOpt = [],
 ):
@@ -249,9 +251,9 @@ def ablate(
     from toolchain.bench.ablate import run_ablation
 
     target = out or Path("runs") / f"ablate-{cfg.name}"
-    result = run_ablation(cfg, parsed, steps, target, reporter())
-    err.print(f"{result['ran']} cell(s) run, {result['skipped']} already done, {len(result['failed'])} failed; "
-              f"results in {target}")
+    result = run_ablation(cfg, parsed, steps, target, reporter(), run=not report_only)
+    err.print(f"{result['ran']} cell(s) run, {result['done']} of {result['cells']} in results.csv, "
+              f"{len(result['failed'])} failed; results in {target}")
     typer.echo(json.dumps(result) if as_json else (target / "results.md").read_text())
     if result["failed"]:
         raise VqtoolError("ablate: cell(s) failed (finished ones are kept in results.csv):\n"

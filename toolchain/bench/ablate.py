@@ -22,6 +22,7 @@ from pathlib import Path
 
 from toolchain.errors import VqtoolError
 from toolchain.progress import Reporter
+from toolchain.bench.plots import PLOTS, write_plots
 from toolchain.recipe import Recipe, dump_recipe, validate_recipe
 
 QUANTS = ("nf4", "fp4", "int8", "none")
@@ -199,11 +200,10 @@ def label(cell: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in cell.items())
 
 
-def run_ablation(base: Recipe, grid: dict[str, list], steps: int, out: Path, report: Reporter) -> dict:
-    """Run every unfinished cell, appending each to out/results.csv; then write the table and plots."""
-    from toolchain.bench.plots import write_plots
-    from toolchain.bench.tables import results_markdown
-
+def run_ablation(base: Recipe, grid: dict[str, list], steps: int, out: Path, report: Reporter,
+                 run: bool = True) -> dict:
+    """Run every unfinished cell (unless run=False), appending each to out/results.csv; then write the
+    table and plots of the grid's cells found in the csv."""
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "results.csv"
     done = {key_of(r) for r in read_rows(csv_path)}
@@ -213,8 +213,8 @@ def run_ablation(base: Recipe, grid: dict[str, list], steps: int, out: Path, rep
         for cell, recipe in cells:
             key = cell_row_key(recipe, steps)
             keys.append(key_of(key))
-            if key_of(key) in done:
-                advance(1, f"{label(cell)}: already in results.csv")
+            if key_of(key) in done or not run:
+                advance(1, f"{label(cell)}: {'already in results.csv' if key_of(key) in done else 'not run'}")
                 continue
             advance(0, f"{label(cell)}: fine-tuning")
             try:
@@ -228,12 +228,20 @@ def run_ablation(base: Recipe, grid: dict[str, list], steps: int, out: Path, rep
             done.add(key_of(row))
             ran += 1
             advance(1, f"{label(cell)}: t2v R@1 {row['t2v_r1']:.1f}")
+    rows = write_report(csv_path, keys, grid, steps, base.name)
+    return {"cells": len(cells), "ran": ran, "done": len(rows), "failed": failed, "rows": rows,
+            "plots": [str(out / name) for name in PLOTS] if rows else [], "csv": str(csv_path)}
+
+
+def write_report(csv_path: Path, keys: list[tuple], grid: dict, steps: int, name: str) -> list[dict]:
+    """results.md and the PNG plots for the grid's cells that are in the csv, in grid order."""
+    from toolchain.bench.tables import results_markdown
+
     order = {k: i for i, k in enumerate(keys)}
     rows = sorted((r for r in read_rows(csv_path) if key_of(r) in order), key=lambda r: order[key_of(r)])
-    (out / "results.md").write_text(results_markdown(rows, grid, steps, base.name))
-    plots = write_plots(rows, list(grid), out)
-    return {"cells": len(cells), "ran": ran, "skipped": len(cells) - ran - len(failed), "failed": failed,
-            "rows": rows, "plots": [str(p) for p in plots], "csv": str(csv_path)}
+    (csv_path.parent / "results.md").write_text(results_markdown(rows, grid, steps, name))
+    write_plots(rows, list(grid), csv_path.parent)
+    return rows
 
 
 def cell_main(argv: list[str]) -> None:
