@@ -214,8 +214,10 @@ def bench_memory(
     """Peak memory, weight memory, trainable parameters and step time of one training step per method."""
     if frames < 1 or batch < 2 or steps < 1 or rank < 1:
         raise VqtoolError("bench memory: need --frames >= 1, --batch >= 2 (contrastive), --steps >= 1, --rank >= 1")
+    from toolchain.bench.memory import check_methods, markdown, run_memory_bench
+
+    check_methods(csv_list(methods))  # before the heavy imports
     require_train_extra()
-    from toolchain.bench.memory import markdown, run_memory_bench
 
     result = run_memory_bench(arch, frames, batch, steps, rank, csv_list(methods), reporter())
     table = markdown(result)

@@ -197,10 +197,14 @@ def ratios(rows: dict) -> dict:
     return out
 
 
-def run_memory_bench(arch: str, frames: int, batch: int, steps: int, rank: int, methods: list[str], report) -> dict:
+def check_methods(methods: list[str]) -> None:
     unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise VqtoolError(f"--methods: {', '.join(unknown)} not known; choose from {', '.join(METHODS)}")
+    if unknown or not methods:
+        raise VqtoolError(f"--methods: {', '.join(unknown) or 'none given'} not known; choose from {', '.join(METHODS)}")
+
+
+def run_memory_bench(arch: str, frames: int, batch: int, steps: int, rank: int, methods: list[str], report) -> dict:
+    check_methods(methods)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="vqtool-bench-") as tmp:
         report.say(f"building the {arch} checkpoint (random weights)" if arch != "tiny" else "using the tiny base")
