@@ -102,3 +102,9 @@ def test_ablate_tiny_grid_writes_files_and_resumes(run_cli, shapes_data, tmp_pat
     assert second.returncode == 0, second.stderr[-2000:]
     assert "0 cell(s) run, 2 of 2 in results.csv" in second.stderr
     assert (out / "results.csv").read_text() == before
+
+
+def test_ablate_cli_reads_axes_after_grid(run_cli):
+    """`--grid quant=nf4 rank=0`: the second item (a positional argument to click) is an axis too."""
+    proc = run_cli("ablate", SHIPPED_RECIPE, "--grid", "quant=nf4", "rank=0")
+    assert proc.returncode == 2 and "--grid rank=0" in proc.stderr and "Traceback" not in proc.stderr
