@@ -290,6 +290,68 @@ def bench_frames(
     typer.echo(json.dumps({"accuracy": acc, "latency": lat}) if as_json else table)
 
 
+@bench_app.command("memory")
+def bench_memory(
+    arch: Annotated[str, typer.Option(help="tiny, or clip-vit-b32 (built from its config, random weights).")] = "clip-vit-b32",
+    frames: Annotated[int, typer.Option(help="Frames per clip (K).")] = 8,
+    batch: Annotated[int, typer.Option(help="Clips (and captions) per step.")] = 2,
+    steps: Annotated[int, typer.Option(help="Measured steps after one warm-up step; step_s is their median.")] = 3,
+    rank: Annotated[int, typer.Option(help="LoRA rank (all linear layers).")] = 8,
+    methods: Annotated[str, typer.Option(help="Comma list of full, lora, qlora, qlora-8bit.")] = "full,lora,qlora,qlora-8bit",
+    out: Annotated[Optional[Path], typer.Option(help="Also write memory.md and memory.json here (DIR).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+):
+    """Peak memory, weight memory, trainable parameters and step time of one training step per method."""
+    if frames < 1 or batch < 2 or steps < 1 or rank < 1:
+        raise VqtoolError("bench memory: need --frames >= 1, --batch >= 2 (contrastive), --steps >= 1, --rank >= 1")
+    from toolchain.bench.memory import check_methods, markdown, run_memory_bench
+
+    check_methods(csv_list(methods))  # before the heavy imports
+    require_train_extra()
+
+    result = run_memory_bench(arch, frames, batch, steps, rank, csv_list(methods), reporter())
+    table = markdown(result)
+    if out:
+        from toolchain.rundir import write_json, write_text
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "memory.md", table)
+        write_json(out / "memory.json", result)
+    typer.echo(json.dumps(result) if as_json else table)
+
+
+@app.command()
+def ablate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe every cell starts from, e.g. recipes/shapes-tiny.yaml.")],
+    axes: Annotated[Optional[list[str]], typer.Argument(help="More AXIS=V1,V2 items (same as --grid).", show_default=False)] = None,
+    grid: Annotated[list[str], typer.Option("--grid", help="AXIS=V1,V2 with AXIS quant (nf4,fp4,int8,none), rank, "
+                                            "placement (qv,all-linear,vision,text) or frames; e.g. --grid quant=nf4,none rank=4,8.")] = [],
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps per cell.", min=1)] = 200,
+    out: Annotated[Optional[Path], typer.Option(help="Results dir (default: runs/ablate-NAME); re-running resumes it.")] = None,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Run nothing: rewrite results.md and the plots "
+                                              "from the grid's cells already in results.csv.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of the table.")] = False,
+    set_: SetOpt = [],
+):
+    """Short fine-tunes over a grid; results.csv, results.md and PNG plots; finished cells are not rerun."""
+    from toolchain.bench.ablate import parse_grid
+    from toolchain.recipe import load_recipe
+
+    cfg = load_recipe(recipe, set_)
+    parsed = parse_grid([*grid, *(axes or [])])  # bad recipes and grids fail before any work
+    require_train_extra()
+    from toolchain.bench.ablate import run_ablation
+
+    target = out or Path("runs") / f"ablate-{cfg.name}"
+    result = run_ablation(cfg, parsed, steps, target, reporter(), run=not report_only)
+    err.print(f"{result['ran']} cell(s) run, {result['done']} of {result['cells']} in results.csv, "
+              f"{len(result['failed'])} failed; results in {target}")
+    typer.echo(json.dumps(result) if as_json else (target / "results.md").read_text())
+    if result["failed"]:
+        raise VqtoolError("ablate: cell(s) failed (finished ones are kept in results.csv):\n"
+                          + "\n".join(f"  - {f}" for f in result["failed"]))
+
+
 def main() -> None:
     try:
         app()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from toolchain.errors import RecipeError
 
@@ -159,9 +159,22 @@ class AdaptersSection(Section):
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0, allow_inf_nan=False)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = ["q_proj", "k_proj", "v_proj", "out_proj"]
+    # A list of layer names, "all-linear", or one regex matched (PEFT's re.fullmatch) against full
+    # module names, e.g. ".*vision_model\..*_proj" for the vision tower's attention only.
+    target_modules: list[str] | str = ["q_proj", "k_proj", "v_proj", "out_proj"]
     temporal: TemporalSection = TemporalSection()
     ranks: RanksSection = RanksSection()
+
+    @field_validator("target_modules")
+    @classmethod
+    def _regex_compiles(cls, value):
+        if isinstance(value, str) and value != "all-linear":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"adapters.target_modules: {value!r} is neither 'all-linear' nor a valid "
+                                 f"regex ({exc}); give a list of layer names, 'all-linear' or a regex") from None
+        return value
 
 
 class TrainSection(Section):

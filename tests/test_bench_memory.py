@@ -1,0 +1,60 @@
+"""`vqtool bench memory` on the tiny base: every method in its own process, and the relations that must hold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+FIELDS = {"peak_mb", "baseline_mb", "step_delta_mb", "weight_mb", "optimizer_mb", "trainable_params",
+          "base_params", "trainable_pct", "step_s", "peak_kind"}
+
+
+@pytest.mark.slow
+def test_bench_memory_tiny_json_and_relations(run_cli, tmp_path):
+    proc = run_cli("bench", "memory", "--arch", "tiny", "--frames", "2", "--steps", "1", "--json",
+                   "--out", tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    m = result["methods"]
+    assert list(m) == ["full", "lora", "qlora", "qlora-8bit"]
+    for name in ("full", "lora", "qlora"):
+        assert FIELDS <= set(m[name]), (name, FIELDS - set(m[name]))
+        assert m[name]["peak_mb"] > 0 and m[name]["step_s"] > 0
+        assert m[name]["peak_mb"] >= 0.9 * m[name]["baseline_mb"]  # peak since the reset starts at the baseline
+    full, lora, qlora = m["full"], m["lora"], m["qlora"]
+    # Full fine-tuning trains the whole base; the adapters train far fewer, the same in both LoRA variants.
+    assert full["trainable_params"] == full["base_params"] and full["trainable_pct"] == 100
+    assert full["trainable_params"] > lora["trainable_params"] == qlora["trainable_params"] > 0
+    assert full["base_params"] == lora["base_params"] == qlora["base_params"]
+    # 4-bit storage is smaller than fp32; AdamW keeps two fp32 moments per trainable parameter.
+    assert qlora["weight_mb"] < lora["weight_mb"]
+    assert full["optimizer_mb"] == pytest.approx(8 * full["trainable_params"] / 2**20, abs=0.1)
+    assert lora["optimizer_mb"] == pytest.approx(8 * lora["trainable_params"] / 2**20, abs=0.1)
+    int8 = m["qlora-8bit"]
+    assert ("skipped" in int8 and int8["skipped"]) or int8["weight_mb"] < lora["weight_mb"]
+    assert result["ratios"]["qlora_vs_lora"] == round(qlora["peak_mb"] / lora["peak_mb"], 3)
+    assert json.loads((tmp_path / "memory.json").read_text()) == result
+    assert "| qlora |" in (tmp_path / "memory.md").read_text()
+
+
+def test_bench_memory_rejects_unknown_method(run_cli):
+    proc = run_cli("bench", "memory", "--arch", "tiny", "--methods", "full,dora")
+    assert proc.returncode == 2 and "dora" in proc.stderr and "qlora-8bit" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_stored_bytes_counts_4bit_scales():
+    """The 4-bit weight itself is half a byte per value; its absmax scales must be counted too."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    from toolchain.bench.memory import stored_bytes
+    from toolchain.models.build import base_info, load_clip
+
+    path = base_info("tiny-video-clip").path
+    fp32 = load_clip(path)
+    nf4 = load_clip(path, BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                             bnb_4bit_compute_dtype=torch.float32))
+    packed = sum(p.numel() * p.element_size() for p in nf4.parameters()) + sum(b.numel() * b.element_size() for b in nf4.buffers())
+    assert packed < stored_bytes(nf4) < stored_bytes(fp32)
