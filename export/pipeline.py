@@ -16,7 +16,7 @@ from export.parity import (
     ParityInputs, compare, gate_failures, latency_table, noise_agreement, onnx_outputs, torch_outputs,
 )
 from export.quantize import (
-    FP16_KEEP_FLOAT32, INT4_LEVEL_ORDER, SUPPORTED, Int8Options, VariantOptions, make_variant, optimize_fp32,
+    FP16_KEEP_FLOAT32, INT4_LEVEL_ORDER, STATIC_OP_TYPES, SUPPORTED, Int8Options, VariantOptions, make_variant, optimize_fp32,
 )
 from export.report import parity_markdown
 from export.tokenize import encode_texts, load_tokenizer
@@ -148,7 +148,7 @@ def variant_settings(variant: str, recipe, calibration: int) -> list[dict]:
         return [{"block_size": cfg.block_size, "symmetric": cfg.symmetric, "accuracy_level": lv} for lv in levels]
     if variant == "int8-static":
         return [{"format": "QDQ", "calibration": "MinMax", "calibration_clips": calibration,
-                 "op_types": ["MatMul", "Gemm", "Conv"], "per_channel": True}]
+                 "activations": "int8 symmetric", "op_types": list(STATIC_OP_TYPES), "per_channel": True}]
     if variant == "int8":
         opt = Int8Options()
         return [{"per_channel": opt.per_channel, "reduce_range": opt.reduce_range, "op_types": list(opt.op_types)}]

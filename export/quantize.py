@@ -19,6 +19,7 @@ from toolchain.recipe import Variant
 
 SUPPORTED = get_args(Variant)  # one list: the recipe schema and the exporter agree by construction
 INT4_LEVEL_ORDER = (4, 1)  # auto: int8 compute (fastest on CPU) first, then float32 compute
+STATIC_OP_TYPES = ("MatMul", "Gemm", "Conv")
 FP16_KEEP_FLOAT32 = ["Resize"]  # ORT's CPU Resize has no float16 kernel; resizing is cheap anyway
 
 
@@ -128,8 +129,10 @@ def quantize_int8_static(src: Path, dst: Path, calibration: list[dict]) -> Path:
     """Static int8 in QDQ form: activation ranges calibrated (min/max) on `calibration` feeds.
 
     For the video graph the feeds are raw uint8 clips, so calibration runs through the fused selector
-    and preprocessing exactly as deployment will. Only MatMul/Gemm/Conv are quantized: the selector's
-    integer arithmetic and the float preprocessing stay as they are.
+    and preprocessing exactly as deployment will. Only MatMul/Gemm/Conv with constant weights are
+    quantized: the selector's integer arithmetic and the float preprocessing stay as they are.
+    Symmetric int8 activations: on the tiny model, asymmetric uint8 ranges from 16 clips gave min
+    cosine 0.948 on the 48 eval clips (clips outside the calibrated range clip), symmetric int8 0.999.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -139,9 +142,9 @@ def quantize_int8_static(src: Path, dst: Path, calibration: list[dict]) -> Path:
     def write(out: Path) -> None:
         quantize_static(
             str(preprocessed(src, out.parent)), str(out), FeedReader(calibration), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["MatMul", "Gemm", "Conv"], per_channel=True, activation_type=QuantType.QUInt8,
+            op_types_to_quantize=list(STATIC_OP_TYPES), per_channel=True, activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"CalibTensorRangeSymmetric": False, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True},
         )
         copy_metadata(src, out)
 

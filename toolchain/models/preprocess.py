@@ -16,7 +16,8 @@ def preprocess_frames(frames: torch.Tensor, size: int, mean, std) -> torch.Tenso
     "resize shortest side, centre crop"), then scales to [0, 1] and normalises with mean/std.
     """
     b, k, h, w, _ = frames.shape
-    side = torch.sym_min(h, w)
+    # The TorchScript tracer sees shapes as 0-d tensors (sym_min rejects them); torch.export as SymInts.
+    side = torch.minimum(h, w) if torch.jit.is_tracing() else torch.sym_min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     x = frames.reshape(b * k, h, w, 3).permute(0, 3, 1, 2).to(torch.float32)
     x = x[:, :, top : top + side, left : left + side]
