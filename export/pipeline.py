@@ -6,7 +6,6 @@ import hashlib
 import shutil
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
@@ -109,8 +108,8 @@ def export_run(run_dir: Path, out_dir: Path, force: bool, variants: list[str] | 
         inputs = parity_inputs(recipe, info)
         refs = {"vs_trained": torch_outputs(trained, inputs), "vs_merged": torch_outputs(merged, inputs)}
         files, results = build_and_check_all(tmp, fp32, variants, refs, inputs, recipe, report)
-        add_latency(tmp, files, results, trained, merged, inputs, recipe, report)
-        parity = parity_report(results, refs, inputs, recipe)
+        torch_latency = add_latency(tmp, files, results, trained, merged, inputs, recipe, report)
+        parity = parity_report(results, torch_latency, refs, inputs, recipe)
         rundir.write_json(tmp / "manifest.json", manifest(recipe, info, run_dir, files, parity.pop("dim"), temporal))
         rundir.write_json(tmp / "parity.json", parity)
         rundir.write_text(tmp / "parity.md", parity_markdown(parity))
@@ -212,7 +211,7 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def add_latency(tmp: Path, files: dict, results: dict, trained, merged, inputs, recipe, report) -> None:
+def add_latency(tmp: Path, files: dict, results: dict, trained, merged, inputs, recipe, report) -> dict:
     """Video encoder on one eval clip: PyTorch eager (merged fp32, as trained) and every variant, interleaved."""
     clip = inputs.clips[0][None]
     torch.set_num_threads(recipe.export.threads)
@@ -224,11 +223,10 @@ def add_latency(tmp: Path, files: dict, results: dict, trained, merged, inputs, 
         torch_stats, lat = latency_table(torch_fns, onnx_fns, recipe.export.latency_runs)
     for v in results:
         results[v]["latency_ms"] = lat[v]
-    results["_torch"] = torch_stats
+    return torch_stats
 
 
-def parity_report(results: dict, refs: dict, inputs: ParityInputs, recipe) -> dict:
-    torch_latency = results.pop("_torch")
+def parity_report(results: dict, torch_latency: dict, refs: dict, inputs: ParityInputs, recipe) -> dict:
     fp32_size = results["fp32"]["size_mb"]
     for r in results.values():
         r["size_vs_fp32"] = round(r["size_mb"] / fp32_size, 4)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-FP16_NOTE = ("fp16 is meant for GPUs (CUDA/TensorRT); these numbers are ONNX Runtime on CPU, which has few "
-             "float16 kernels and inserts casts, so it is usually slower than fp32 here. Its speed is not gated.")
+FP16_NOTE = ("fp16 is meant for GPUs (CUDA/TensorRT); these numbers are ONNX Runtime on CPU, which lacks "
+             "float16 kernels for many ops and inserts casts, so it is at best about as fast as fp32 here. "
+             "Its speed is not gated.")
 
 
 def accuracy_rows(report: dict) -> list[str]:
