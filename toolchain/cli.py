@@ -220,9 +220,10 @@ def bench_latency(
 
     chosen = [v for v in csv_list(variants) if v != "fp32"]
     bad = [v for v in chosen if v not in SUPPORTED]
-    if bad or exporter not in ("dynamo", "torchscript"):
-        raise VqtoolError(f"--variants {bad} / --exporter {exporter!r}: choose variants from {', '.join(SUPPORTED)} "
-                          "and the exporter from dynamo, torchscript")
+    if bad:
+        raise VqtoolError(f"--variants: {', '.join(bad)} not known; choose from {', '.join(SUPPORTED)}")
+    if exporter not in ("dynamo", "torchscript"):
+        raise VqtoolError(f"--exporter {exporter!r} not known; choose dynamo or torchscript")
     result = bench_video(arch, frames, size, threads, runs, chosen, exporter, int8_sweep, reporter())
     table = markdown(result)
     if out:
