@@ -10,10 +10,11 @@ from torch import nn
 from toolchain.adapters.qlora import bnb_config, keep_training_layout
 from toolchain.adapters.temporal import load_temporal, side_branch
 from toolchain.errors import VqtoolError
-from toolchain.models.build import BaseInfo, base_info, load_clip
+from toolchain.models.build import BaseInfo, load_base
+from toolchain.models.pooling import load_pooling
 from toolchain.models.video_clip import VideoCLIP
 from toolchain.recipe import Recipe, load_recipe
-from toolchain.train import build_video_model
+from toolchain.train import build_video_model, model_info
 
 
 def load_run(run_dir: Path) -> tuple[Recipe, BaseInfo]:
@@ -24,19 +25,21 @@ def load_run(run_dir: Path) -> tuple[Recipe, BaseInfo]:
             "make one with: vqtool finetune RECIPE.yaml --output-dir DIR"
         )
     recipe = load_recipe(run_dir / "recipe.yaml")
-    return recipe, base_info(recipe.model.name_or_path)
+    return recipe, model_info(recipe)
 
 
 def load_as_trained(run_dir: Path, recipe: Recipe, info: BaseInfo) -> VideoCLIP:
     """The model exactly as trained and evaluated: quantized base (per recipe) plus the saved adapter."""
     from peft import PeftModel
 
-    clip = load_clip(info.path, bnb_config(recipe.adapters))
+    clip = load_base(info, bnb_config(recipe.adapters))
     keep_training_layout(clip)
     adapter_dir = Path(run_dir) / "adapter"
     model = build_video_model(recipe, info, PeftModel.from_pretrained(clip, str(adapter_dir), is_trainable=False))
     if recipe.adapters.temporal.enabled:
         load_temporal(model.clip, adapter_dir, recipe.adapters.temporal, recipe.frames.k, model.temporal)
+    if model.pool is not None:
+        load_pooling(model.pool, adapter_dir)
     return model.eval()
 
 
@@ -106,4 +109,5 @@ def merged_model(run_dir: Path) -> tuple[VideoCLIP, VideoCLIP, Recipe, BaseInfo]
     recipe, info = load_run(run_dir)
     trained = load_as_trained(run_dir, recipe, info)
     merged_clip = merge_static_adapters(load_as_trained(run_dir, recipe, info).clip)
-    return trained, build_video_model(recipe, info, merged_clip).eval(), recipe, info
+    pool_state = None if trained.pool is None else trained.pool.state_dict()
+    return trained, build_video_model(recipe, info, merged_clip, pool_state).eval(), recipe, info

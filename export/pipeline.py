@@ -20,9 +20,11 @@ from export.quantize import (
 from export.report import parity_markdown
 from export.tokenize import encode_texts, load_tokenizer
 from toolchain import rundir
-from toolchain.data.annotations import load_jsonl
+from toolchain.data.clips import group_by_video
+from toolchain.data.formats import read_split
 from toolchain.data.video import decode_video
 from toolchain.errors import DataError, VideoReadError, VqtoolError
+from toolchain.models.preprocess import describe_preprocessing
 
 
 def sha256(path: Path) -> str:
@@ -30,11 +32,13 @@ def sha256(path: Path) -> str:
 
 
 def parity_inputs(recipe, info, limit: int | None = None) -> ParityInputs:
+    """The eval split's videos, each with its first caption (so text i describes video i)."""
     clips, captions = [], []
-    for sample in load_jsonl(Path(recipe.data.eval))[:limit]:
+    videos, caption_lists = group_by_video(read_split(recipe.data, "eval"))
+    for video, caps in list(zip(videos, caption_lists))[:limit]:
         try:
-            clips.append(decode_video(sample.video, recipe.frames.decode_max_frames))
-            captions.append(sample.caption)
+            clips.append(decode_video(video, recipe.frames.decode_max_frames))
+            captions.append(caps[0])
         except VideoReadError:
             continue
     if not clips:
@@ -65,12 +69,12 @@ def manifest(recipe, info, run_dir: Path, files: dict, dim: int, temporal: dict 
         "format": FORMAT_VERSION,
         "name": recipe.name,
         "source": {"run_dir": str(Path(run_dir).resolve()), "base": recipe.model.name_or_path,
+                   "family": recipe.model.family, "pooling": recipe.model.pooling,
                    "exporter": recipe.export.exporter, "opset": recipe.export.opset,
                    "quantization": recipe.adapters.quantization,
                    "adapter_sha256": sha256(Path(run_dir) / "adapter" / "adapter_model.safetensors")},
         "frames": recipe.frames.model_dump(),
-        "preprocessing": {"image_size": info.image_size, "mean": list(info.mean), "std": list(info.std),
-                          "crop": "centre square of side min(H, W)", "resize": "bilinear", "scale": "1/255"},
+        "preprocessing": describe_preprocessing(info),
         "text": {"tokenizer": "tokenizer.json", "max_length": info.max_text_len},
         "graphs": {
             "video": {"inputs": {"frames": "uint8 [batch, num_frames, height, width, 3] RGB"},

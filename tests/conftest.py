@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 # The tiny model gains nothing from a second thread, and when anything else shares the 2 CPU cores,
 # spinning OpenMP threads make a 2-thread run several times slower than a 1-thread one.
 THREADS = int(os.environ.setdefault("OMP_NUM_THREADS", "1"))
+# The decoded-frame cache of every run in this session (and its `vqtool` subprocesses) stays out of ~/.cache.
+os.environ.setdefault("VQTOOL_CACHE_DIR", tempfile.mkdtemp(prefix="vqtool-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_RECIPE = REPO / "recipes" / "shapes-tiny.yaml"

@@ -33,3 +33,17 @@ def test_first_line_is_the_exact_command(path):
     recipe = load_recipe(path)
     for run_dir in re.findall(r"vqtool export (\S+)", first):
         assert run_dir == f"runs/{recipe.name}", f"{path.name}: exports {run_dir}, but the run is runs/{recipe.name}"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_header_says_where_the_data_goes(path):
+    """Every data path a recipe reads is named in its header comment, so a user knows where to put it."""
+    recipe = load_recipe(path)
+    header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    d = recipe.data
+    paths = [d.annotations, d.video_root] if d.format in ("msrvtt", "vatex") else []
+    paths += [p for p in (d.train, d.eval) if "/" in p]  # an MSR-VTT split name is not a path
+    if d.format == "jsonl" and d.synthesize_if_missing:
+        paths = [str(Path(d.train).parent)]  # the synthetic set: the header names its folder
+    for p in filter(None, paths):
+        assert p in header, f"{path.name}: the header comment should say where {p} comes from"

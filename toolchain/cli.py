@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,9 +21,13 @@ app = typer.Typer(
 )
 recipe_app = typer.Typer(help="Check and show recipes.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: generate the synthetic shapes set.", no_args_is_help=True)
+base_app = typer.Typer(help="Base models: compose a dual encoder from two checkpoints.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
+app.add_typer(base_app, name="base")
 bench_app = typer.Typer(help="Benchmarks: measured side by side in one run, medians and ratios.", no_args_is_help=True)
+adapters_app = typer.Typer(help="Adapters: how the LoRA budget is split over vision, text and fusion.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(adapters_app, name="adapters")
 app.add_typer(bench_app, name="bench")
 err = Console(stderr=True)
 
@@ -42,33 +47,71 @@ def require_train_extra() -> None:
             raise MissingExtraError(module, "train") from None
 
 
-def reporter(quiet: bool = False):
+def reporter(quiet: bool = False, silent: bool = False):
     from toolchain.progress import Reporter
 
+    if silent:  # a worker other than the main one: the main one reports, warnings included
+        return Reporter(Console(file=open(os.devnull, "w")), quiet=True)
     return Reporter(err, quiet=quiet)
 
 
 @app.command()
 def finetune(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. recipes/shapes-tiny.yaml.")],
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML, e.g. recipes/shapes-tiny.yaml; with --resume also a run dir.")],
     output_dir: Annotated[Optional[Path], typer.Option(help="Run dir (default: runs/NAME).")] = None,
     force: ForceOpt = False,
     set_: SetOpt = [],
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its newest checkpoint.")] = False,
+    processes: Annotated[int, typer.Option(min=1, help="Data-parallel training processes (accelerate DDP; gloo on CPU, one GPU each).")] = 1,
 ):
-    """Fine-tune with QLoRA (4-bit base + LoRA) and write runs/NAME/."""
+    """Fine-tune with QLoRA (4-bit base + LoRA) and write runs/NAME/ (checkpointed; --resume continues)."""
+    cfg, target = finetune_target(recipe, output_dir, resume, set_)  # a bad key fails before any model loads
+    require_train_extra()
+    from toolchain import distributed
+    from toolchain.train import finetune as run, prepare_run
+
+    if processes > 1 and not distributed.is_worker():
+        prepare_run(cfg, target, force, resume, reporter(), distributed.Processes(), processes)  # user mistakes: here, once
+        argv = ["finetune", str(recipe), "--output-dir", str(target), "--resume", *(["--force"] * force)]
+        distributed.launch(processes, argv + [a for item in set_ for a in ("--set", item)])
+        return  # the main worker printed the summary
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    result = run(cfg, target, force, reporter(silent=not main_process), resume)
+    if result is not None:  # None: a worker other than the main one
+        print_finetune_summary(result, target)
+
+
+def finetune_target(recipe: Path, output_dir: Optional[Path], resume: bool, sets: list[str]):
+    """(recipe, run dir): from a recipe file, or with --resume from a run dir's interrupted copy."""
     from toolchain.recipe import load_recipe
 
-    cfg = load_recipe(recipe, set_)  # fails on a bad key before any model loads
-    require_train_extra()
-    from toolchain.train import finetune as run
+    if not (resume and (recipe.is_dir() or recipe.suffix not in (".yaml", ".yml"))):
+        cfg = load_recipe(recipe, sets)
+        return cfg, output_dir or Path("runs") / cfg.name
+    from toolchain.errors import CheckpointError
+    from toolchain.rundir import run_dir_of, work_dir
 
-    target = output_dir or Path("runs") / cfg.name
-    result = run(cfg, target, force, reporter())
+    target = output_dir or run_dir_of(recipe)
+    saved = work_dir(target) / "recipe.yaml"
+    if not saved.is_file():
+        done = " (that run is complete)" if (target / "eval.json").is_file() else ""
+        raise CheckpointError(f"nothing to resume at {target}{done}: {saved} not found. "
+                              "Start a run with `vqtool finetune RECIPE`")
+    return load_recipe(saved, sets), target
+
+
+def print_finetune_summary(result: dict, target: Path) -> None:
     b, f = result["base"]["t2v"], result["finetuned"]["t2v"]
     err.print(f"t2v R@1 on {result['eval_clips']} eval clips: base {b['r1']:.1f} -> fine-tuned {f['r1']:.1f}")
     within = result["base"].get("t2v_within_group_r1"), result["finetuned"].get("t2v_within_group_r1")
     if None not in within:
         err.print(f"direction R@1 (same colour and shape, chance 25): base {within[0]:.1f} -> fine-tuned {within[1]:.1f}")
+    skipped = result.get("skipped", [])
+    if skipped:
+        err.print(f"skipped {len(skipped)} unreadable video(s) (listed in {target / 'metrics.jsonl'} and eval.json):",
+                  highlight=False, markup=False)
+        for item in skipped:
+            err.print(f"  {item['video']}: {item['reason']}", highlight=False, markup=False)
     typer.echo(f"run written to {target}  (next: vqtool export {target})")
 
 
@@ -98,7 +141,7 @@ def infer(
     video: Annotated[list[Path], typer.Option("--video", help="Video file (repeatable).")],
     text: Annotated[list[str], typer.Option("--text", help="Caption to score (repeatable).")],
     variant: Annotated[str, typer.Option(help="Which graph variant to run, e.g. fp32 or int8.")] = "fp32",
-    providers: Annotated[str, typer.Option(help="auto, or an ONNX Runtime provider name.")] = "auto",
+    providers: Annotated[str, typer.Option(help="auto (TensorRT > CUDA > CPU, as available), or e.g. cuda, cpu, tensorrt, a comma list or full ONNX Runtime names.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="Intra-op threads (default: ONNX Runtime's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
@@ -146,6 +189,33 @@ def recipe_validate(
     typer.echo(f"{recipe}: ok ({cfg.adapters.quantization} base, LoRA rank {cfg.adapters.rank}, K={cfg.frames.k})")
 
 
+@adapters_app.command("plan")
+def adapters_plan(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose adapters section to plan.")],
+    set_: SetOpt = [],
+    layers: Annotated[bool, typer.Option("--layers", help="Also list every layer with its rank.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print ranks.json's content instead of tables.")] = False,
+):
+    """Show module groups, their linear layers and the rank allocation finetune would use."""
+    from toolchain.recipe import load_recipe
+
+    cfg = load_recipe(recipe, set_)
+    require_train_extra()
+    from toolchain.adapters.ranks import group_table, layer_table, plan_table
+    from toolchain.train import plan_recipe
+
+    plan = plan_recipe(cfg, reporter(quiet=as_json))
+    if as_json:
+        typer.echo(json.dumps(plan.to_json(), indent=2))
+        return
+    typer.echo(group_table(plan))
+    typer.echo("")
+    typer.echo(plan_table(plan))
+    if layers:
+        typer.echo("")
+        typer.echo(layer_table(plan))
+
+
 @data_app.command("synth")
 def data_synth(
     out_dir: Annotated[Path, typer.Argument(help="Folder for videos/, train.jsonl and eval.jsonl.")],
@@ -158,6 +228,26 @@ def data_synth(
     with reporter().task("rendering videos", None) as t:
         summary = synthesize(out_dir, videos=videos, seed=seed, progress=t.progress)
     typer.echo(f"wrote {summary['train']} train and {summary['eval']} eval clips to {out_dir}")
+
+
+@base_app.command("dual-encoder")
+def base_dual_encoder(
+    vision: Annotated[Path, typer.Argument(help="Local vision checkpoint (e.g. a CLIP or ViT model folder).")],
+    text: Annotated[Path, typer.Argument(help="Local text checkpoint with tokenizer.json (e.g. a BERT folder).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the composed base; use it as model.name_or_path.")],
+    projection_dim: Annotated[int, typer.Option(help="Size of the shared embedding space.")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed of the new projection layers.")] = 0,
+    force: ForceOpt = False,
+):
+    """Compose a VisionTextDualEncoderModel (model.family: dual-encoder) and save it with its tokenizer."""
+    require_train_extra()
+    from toolchain import rundir
+    from toolchain.models.families import compose_dual_encoder
+
+    rundir.check_target(out_dir, force)
+    with rundir.building(out_dir) as tmp:
+        compose_dual_encoder(vision, text, tmp, projection_dim=projection_dim, seed=seed)
+    typer.echo(f"wrote {out_dir}; fine-tune it with model.family: dual-encoder, model.name_or_path: {out_dir}")
 
 
 def csv_list(text: str) -> list[str]:
@@ -240,5 +330,6 @@ def main() -> None:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err.print("interrupted (a fine-tune continues from its newest checkpoint with `vqtool finetune ... --resume`)",
+                  highlight=False, markup=False)
         sys.exit(130)

@@ -40,3 +40,13 @@ class ParityError(VqtoolError):
     """An exported variant failed its parity gate; the files are kept for inspection."""
 
     exit_code = 1
+
+
+class CheckpointError(VqtoolError):
+    """A run cannot be resumed as asked (nothing to resume, changed recipe, mismatching checkpoint)."""
+
+
+class TrainingDivergedError(VqtoolError):
+    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+    exit_code = 1

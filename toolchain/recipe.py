@@ -21,18 +21,62 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    family: Literal["clip"] = "clip"
+    family: Literal["clip", "xclip", "dual-encoder"] = "clip"
     name_or_path: str = "tiny-video-clip"
-    pooling: Literal["mean"] = "mean"
+    pooling: Literal["mean", "transformer"] = "mean"
+    pooling_layers: int = Field(1, ge=1, le=12)
+
+    @model_validator(mode="after")
+    def _pooling_fits_family(self):
+        if self.family == "xclip" and self.pooling != "mean":
+            raise ValueError(
+                "model.pooling: xclip pools frames with its own multi-frame transformer (mit); "
+                "leave model.pooling at 'mean'"
+            )
+        return self
+
+
+DATA_FORMATS = ("jsonl", "csv", "msrvtt", "vatex")
 
 
 class DataSection(Section):
-    format: Literal["jsonl"] = "jsonl"
+    """Where the clips come from. `train` and `eval` each name one split:
+
+    jsonl / csv: a file of (video, caption) rows (video paths relative to the file, or to video_root);
+    msrvtt: a CLIP4Clip split file (MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv) or a split name of
+            the official json (train | validate | test), captions from `annotations`;
+    vatex: a VATEX json (videoID, enCap) of that split.
+    """
+
+    format: Literal["jsonl", "csv", "msrvtt", "vatex"] = "jsonl"
     train: str = "data/shapes/train.jsonl"
     eval: str = "data/shapes/eval.jsonl"
+    annotations: str | None = None
+    video_root: str | None = None
+    cache: bool = True
+    cache_dir: str | None = None
     synthesize_if_missing: bool = True
     synth_videos: int = Field(192, ge=1)
     synth_seed: int = 0
+
+    @model_validator(mode="after")
+    def _format_needs(self):
+        if self.format == "msrvtt" and not self.annotations:
+            raise ValueError(
+                "data.annotations: format msrvtt needs the official train_val_videodatainfo.json "
+                "(its captions), e.g. data.annotations: data/msrvtt/train_val_videodatainfo.json"
+            )
+        if self.format in ("msrvtt", "vatex") and not self.video_root:
+            raise ValueError(
+                f"data.video_root: format {self.format} names clips by id; set the folder holding "
+                "the video files, e.g. data.video_root: data/" + self.format + "/videos"
+            )
+        if self.format in ("jsonl", "csv", "vatex") and self.annotations:
+            raise ValueError(
+                f"data.annotations is only read by format msrvtt; for {self.format} put each split's "
+                "file in data.train and data.eval"
+            )
+        return self
 
 
 class FramesSection(Section):
@@ -62,27 +106,76 @@ class TemporalSection(Section):
         return self
 
 
+RANK_GROUPS = ("vision", "text", "fusion")
+PERCENT = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)\s*%\s*$")
+
+
+class RanksSection(Section):
+    """How the adapter budget is split over layers (toolchain/adapters/ranks.py)."""
+
+    strategy: Literal["uniform", "manual", "importance"] = "uniform"
+    budget: int | str | None = None  # trainable adapter parameters, "0.5%" of the base, or None
+    shares: dict[str, float] | None = None  # manual: budget share per group, summing to 1
+    min_rank: int = Field(1, ge=1)
+    max_rank: int = Field(64, ge=1)
+    calibration_batches: int = Field(4, ge=1)  # importance: batches the sensitivity is averaged over
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if isinstance(self.budget, str) and not PERCENT.match(self.budget):
+            raise ValueError(f"adapters.ranks.budget: {self.budget!r} is neither a parameter count (e.g. 20000) "
+                             "nor a percentage of the base (e.g. '0.5%')")
+        if isinstance(self.budget, int) and self.budget < 1:
+            raise ValueError(f"adapters.ranks.budget must be a positive number of parameters, got {self.budget}")
+        if self.min_rank > self.max_rank:
+            raise ValueError(f"adapters.ranks.min_rank ({self.min_rank}) must be <= max_rank ({self.max_rank})")
+        if self.strategy == "manual":
+            check_shares(self.shares)
+        elif self.shares is not None:
+            raise ValueError(f"adapters.ranks.shares is only used by strategy manual (strategy is {self.strategy}); "
+                             "remove shares or set strategy: manual")
+        return self
+
+
+def check_shares(shares: dict[str, float] | None) -> None:
+    if not shares:
+        raise ValueError("adapters.ranks.strategy manual needs adapters.ranks.shares, "
+                         "e.g. {vision: 0.6, text: 0.2, fusion: 0.2}")
+    unknown = sorted(set(shares) - set(RANK_GROUPS))
+    if unknown:
+        raise ValueError(f"adapters.ranks.shares: unknown group {', '.join(map(repr, unknown))}; "
+                         f"groups are {', '.join(RANK_GROUPS)}")
+    if any(v < 0 for v in shares.values()):
+        raise ValueError("adapters.ranks.shares must not be negative")
+    total = sum(shares.values())
+    if abs(total - 1) > 1e-6:
+        raise ValueError(f"adapters.ranks.shares must sum to 1, they sum to {total:g} ({shares})")
+
+
 class AdaptersSection(Section):
     quantization: Literal["nf4", "fp4", "int8", "none"] = "nf4"
     double_quant: bool = True
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     rank: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
+    alpha: float = Field(16.0, gt=0, allow_inf_nan=False)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = ["q_proj", "k_proj", "v_proj", "out_proj"]
     temporal: TemporalSection = TemporalSection()
+    ranks: RanksSection = RanksSection()
 
 
 class TrainSection(Section):
     max_steps: int | None = Field(None, ge=1)
     epochs: int | None = Field(None, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(2e-3, gt=0, allow_inf_nan=False)
     batch_size: int = Field(16, ge=2)
     grad_accumulation: int = Field(1, ge=1)
     seed: int = 0
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     warmup_steps: int = Field(10, ge=0)
     log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(50, ge=0)  # steps between resumable checkpoints; 0 disables them
+    keep: int = Field(2, ge=1)  # how many of the newest checkpoints to keep
 
     @model_validator(mode="after")
     def _one_length(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -18,6 +19,17 @@ def check_target(target: Path, force: bool) -> None:
         raise VqtoolError(f"{target} already exists; pass --force to replace it, or choose --output-dir")
     if target.exists() and not target.is_dir():
         raise VqtoolError(f"{target} exists and is not a directory; remove it or choose --output-dir")
+
+
+def work_dir(run_dir: Path) -> Path:
+    """Where a checkpointed run lives until it is complete: `runs/.NAME.partial` for `runs/NAME`."""
+    return run_dir.parent / f".{run_dir.name}.partial"
+
+
+def run_dir_of(path: Path) -> Path:
+    """`--resume` accepts the run dir (`runs/NAME`) or its partial dir (`runs/.NAME.partial`)."""
+    match = re.fullmatch(r"\.(.+)\.partial", path.name)
+    return path.with_name(match.group(1)) if match else path
 
 
 def start(target: Path) -> Path:

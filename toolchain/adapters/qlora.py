@@ -25,16 +25,12 @@ def bnb_config(a: AdaptersSection):
     )
 
 
-def lora_config(a: AdaptersSection):
+def lora_config(a: AdaptersSection, plan=None):
+    """PEFT LoraConfig; with a RankPlan, per-layer ranks and alphas and only the layers it adapts."""
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=a.rank,
-        lora_alpha=a.alpha,
-        lora_dropout=a.dropout,
-        target_modules=a.target_modules,
-        bias="none",
-    )
+    per_layer = plan.lora_kwargs() if plan is not None else {"target_modules": a.target_modules}
+    return LoraConfig(r=a.rank, lora_alpha=a.alpha, lora_dropout=a.dropout, bias="none", **per_layer)
 
 
 def linear_names(model: nn.Module) -> list[str]:
@@ -43,12 +39,12 @@ def linear_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def add_lora(model: nn.Module, a: AdaptersSection) -> nn.Module:
-    """Wrap the base with trainable LoRA adapters; only those train."""
+def add_lora(model: nn.Module, a: AdaptersSection, plan=None) -> nn.Module:
+    """Wrap the base with trainable LoRA adapters (ranks from `plan` if given); only those train."""
     from peft import get_peft_model
 
     try:
-        return get_peft_model(model, lora_config(a))
+        return get_peft_model(model, lora_config(a, plan))
     except ValueError as exc:
         if "not found in the base model" not in str(exc) and "Target modules" not in str(exc):
             raise

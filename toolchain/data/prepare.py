@@ -1,4 +1,4 @@
-"""Make sure a recipe's annotation files exist, generating the synthetic set on first use."""
+"""Make sure a jsonl recipe's annotation files exist, generating the synthetic set on first use."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from toolchain.recipe import DataSection
 
 def ensure_data(data: DataSection, report) -> tuple[Path, Path]:
     train, evalf = Path(data.train), Path(data.eval)
-    if train.is_file() and evalf.is_file():
+    if data.format != "jsonl" or (train.is_file() and evalf.is_file()):
         return train, evalf
     if not data.synthesize_if_missing:
         missing = train if not train.is_file() else evalf

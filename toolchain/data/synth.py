@@ -117,7 +117,8 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "libx264") -> None:
+def write_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "libx264", gop: int | None = None) -> None:
+    """Encode uint8 RGB frames [N,H,W,3] to a real video file; `gop` sets the keyframe interval."""
     path = Path(path)
     tmp = _temp_path(path)
     try:
@@ -127,6 +128,8 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "lib
             stream.pix_fmt = "yuv420p"
             stream.time_base = Fraction(1, fps)
             stream.options = _CODEC_OPTIONS.get(codec, {})
+            if gop is not None:
+                stream.codec_context.gop_size = gop
             for i, rgb in enumerate(frames):
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
                 frame.pts = i

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import RecipeError
-from toolchain.models.preprocess import CLIP_MEAN, CLIP_STD
+from toolchain.models.preprocess import CLIP_MEAN, CLIP_STD, RESAMPLE
 from toolchain.models.tiny import BUILTIN_DIR, BUILTIN_NAME, MAX_TEXT_LEN
 
 
@@ -21,6 +21,11 @@ class BaseInfo:
     mean: tuple
     std: tuple
     max_text_len: int
+    family: str = "clip"
+    resize_shortest: int | None = None  # the processor's shortest-edge resize; 0: no crop (squash)
+    rescale: float = 1 / 255
+    num_frames: int | None = None  # xclip: the only frame count its position embedding accepts
+    resample: str = "bicubic"  # the processor's resize filter
 
 
 def resolve_base(name_or_path: str) -> str:
@@ -50,21 +55,86 @@ def download_base(repo_id: str) -> str:
         ) from None
 
 
-def base_info(name_or_path: str) -> BaseInfo:
+MODEL_TYPES = {"clip": "clip", "xclip": "xclip", "dual-encoder": "vision-text-dual-encoder"}
+MAX_TEXT_LEN_CAP = 77  # CLIP's context; a BERT text tower allows 512, which only pads every caption
+
+
+def base_info(name_or_path: str, family: str = "clip") -> BaseInfo:
     path = resolve_base(name_or_path)
     local = Path(path)
     tok = local / "tokenizer.json"
     if not tok.is_file():
         raise RecipeError(f"model.name_or_path: {local} has no tokenizer.json (a `tokenizers` file is required)")
     config = json.loads((local / "config.json").read_text())
+    check_family(config, family, local)
     size = config.get("vision_config", {}).get("image_size", 224)
-    mean, std = CLIP_MEAN, CLIP_STD
-    pre = local / "preprocessor_config.json"
-    if pre.is_file():
-        p = json.loads(pre.read_text())
-        mean, std = tuple(p.get("image_mean", mean)), tuple(p.get("image_std", std))
-    max_len = config.get("text_config", {}).get("max_position_embeddings", MAX_TEXT_LEN)
-    return BaseInfo(path, tok, size, tuple(mean), tuple(std), max_len)
+    proc = processor_constants(local, size)
+    max_len = min(config.get("text_config", {}).get("max_position_embeddings", MAX_TEXT_LEN), MAX_TEXT_LEN_CAP)
+    frames = config.get("vision_config", {}).get("num_frames") if family == "xclip" else None
+    return BaseInfo(path, tok, size, proc["mean"], proc["std"], max_len, family,
+                    proc["resize_shortest"], proc["rescale"], frames, proc["resample"])
+
+
+def check_family(config: dict, family: str, local: Path) -> None:
+    found = config.get("model_type")
+    if found != MODEL_TYPES[family]:
+        names = {v: k for k, v in MODEL_TYPES.items()}
+        hint = f"set model.family: {names[found]}" if found in names else "use a clip, xclip or dual-encoder checkpoint"
+        raise RecipeError(f"model.family is {family}, but {local}/config.json has model_type {found!r}; {hint}")
+
+
+def processor_constants(local: Path, image_size: int) -> dict:
+    """The checkpoint's own preprocessing (preprocessor_config.json); CLIP's when the file is absent."""
+    out = {"mean": CLIP_MEAN, "std": CLIP_STD, "resize_shortest": None, "rescale": 1 / 255, "resample": "bicubic"}
+    for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
+        if (local / name).is_file():
+            p = json.loads((local / name).read_text())
+            break
+    else:
+        return out
+    crop, size = _edge(p.get("crop_size")), p.get("size")
+    if crop is not None and crop != image_size:
+        raise RecipeError(f"{local}/{name}: crop_size {crop} differs from the vision tower's image_size {image_size}")
+    if isinstance(size, dict) and "shortest_edge" in size and p.get("do_center_crop", True):
+        out["resize_shortest"] = int(size["shortest_edge"])
+    elif isinstance(size, int) and p.get("do_center_crop", True):
+        out["resize_shortest"] = size
+    elif isinstance(size, dict) and size.get("height") == size.get("width") == image_size:
+        out["resize_shortest"] = 0  # resize the whole frame to image_size x image_size (ViT)
+    else:
+        raise RecipeError(f"{local}/{name}: size {size} with do_center_crop={p.get('do_center_crop')} is not "
+                          "a preprocessing vqtool reproduces (shortest-edge resize + centre crop, or a square resize)")
+    # PIL filter ids: 2 bilinear, 3 bicubic; others (lanczos, nearest...) get bicubic, the closest we export
+    out["resample"] = RESAMPLE.get(p.get("resample", 3), "bicubic")
+    out["mean"] = tuple(p.get("image_mean", CLIP_MEAN))
+    out["std"] = tuple(p.get("image_std", CLIP_STD))
+    out["rescale"] = float(p.get("rescale_factor", 1 / 255)) if p.get("do_rescale", True) else 1.0
+    return out
+
+
+def _edge(crop) -> int | None:
+    if crop is None:
+        return None
+    if isinstance(crop, int):
+        return crop
+    if crop.get("height") != crop.get("width"):
+        raise RecipeError(f"crop_size {crop} is not square; vqtool's graphs take square crops")
+    return int(crop["height"])
+
+
+def base_class(family: str):
+    import transformers
+
+    names = {"clip": "CLIPModel", "xclip": "XCLIPModel", "dual-encoder": "VisionTextDualEncoderModel"}
+    return getattr(transformers, names[family])
+
+
+def load_base(info: BaseInfo, quantization_config=None, device: str = "cpu"):
+    """Load the family's model in full precision, or with bitsandbytes-quantized linears."""
+    cls = base_class(info.family)
+    if quantization_config is None:
+        return cls.from_pretrained(info.path).to(device)
+    return cls.from_pretrained(info.path, quantization_config=quantization_config, device_map=device)
 
 
 def load_clip(path: str, quantization_config=None, device: str = "cpu"):

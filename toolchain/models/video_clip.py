@@ -1,4 +1,8 @@
-"""CLIP-family video-text model: uint8 frames -> selector -> preprocessing -> frame encoder -> mean pool."""
+"""Video-text model over a CLIP-family base: uint8 frames -> selector -> preprocessing -> encoder -> pooling.
+
+Families: `clip` and `dual-encoder` encode each frame with the image tower and pool over time
+(mean, or a small temporal transformer); `xclip` takes the K frames together (its own video path).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,17 @@ from toolchain.models.preprocess import preprocess_frames
 
 
 class VideoCLIP(nn.Module):
-    """Wraps a (possibly PEFT-wrapped, possibly 4-bit) `CLIPModel`; pooling is CLIP4Clip's meanP."""
+    """Wraps a (possibly PEFT-wrapped, possibly 4-bit) CLIPModel, XCLIPModel or VisionTextDualEncoderModel."""
 
-    def __init__(self, clip: nn.Module, k: int, selector: str, image_size: int, mean, std):
+    def __init__(self, clip: nn.Module, k: int, selector: str, image_size: int, mean, std,
+                 family: str = "clip", pool: nn.Module | None = None, resize_shortest: int | None = None,
+                 rescale: float = 1 / 255, resample: str = "bicubic"):
         super().__init__()
         self.clip = clip
         self.k, self.selector, self.image_size = k, selector, image_size
         self.mean, self.std = tuple(mean), tuple(std)
+        self.family, self.pool = family, pool  # pool None: mean over frames (CLIP4Clip meanP)
+        self.resize_shortest, self.rescale, self.resample = resize_shortest, rescale, resample
         self.temporal = TemporalContext()  # read by temporal LoRA layers, if any
         bind_temporal(clip, self.temporal)
 
@@ -27,7 +35,8 @@ class VideoCLIP(nn.Module):
         check_frames(frames)
         energy = motion_energy(frames)  # one integer score per frame: selects frames, feeds the gate
         idx = select_indices(energy, self.k, self.selector)
-        pixels = preprocess_frames(gather_frames(frames, idx), self.image_size, self.mean, self.std)
+        pixels = preprocess_frames(gather_frames(frames, idx), self.image_size, self.mean, self.std,
+                                   self.resize_shortest, self.rescale, self.resample)
         motion = gather_frames(energy, idx).to(torch.float32) / MOTION_SCALE
         return pixels, idx, motion
 
@@ -36,10 +45,13 @@ class VideoCLIP(nn.Module):
         flat = pixels.reshape(b * k, *pixels.shape[2:])
         self.temporal.k, self.temporal.motion, self.temporal.active = k, motion, True
         try:
+            if self.family == "xclip":  # frames attend to each other inside the tower, then its mit pools
+                return F.normalize(self.clip.get_video_features(pixel_values=pixels).pooler_output.float(), dim=-1)
             feats = self.clip.get_image_features(pixel_values=flat).pooler_output
         finally:
             self.temporal.active, self.temporal.motion = False, None
-        return F.normalize(feats.float().reshape(b, k, -1).mean(dim=1), dim=-1)
+        feats = feats.float().reshape(b, k, -1)
+        return F.normalize(feats.mean(dim=1) if self.pool is None else self.pool(feats), dim=-1)
 
     def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pixels, idx, motion = self.prepare_frames(frames)
