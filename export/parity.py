@@ -74,36 +74,70 @@ def compare(ref: Outputs, got: Outputs) -> dict:
     }
 
 
-def gate_failures(variant: str, result: dict, gate: GateSection) -> list[str]:
-    """Every failed check, each naming the output, the measured value and the threshold."""
+REFERENCES = {"vs_trained": "as-trained", "vs_merged": "merged fp32"}
+
+
+def reference_failures(label: str, result: dict, gate: GateSection) -> list[str]:
     fails = []
     for out in ("video", "text"):
         cos = result[out]["min_cosine"]
         if not cos >= gate.min_cosine:
-            fails.append(f"{variant}: {out}_embeds min cosine {cos:.6f} < {gate.min_cosine} "
+            fails.append(f"{label}: {out}_embeds min cosine {cos:.6f} < {gate.min_cosine} "
                          f"(max abs diff {result[out]['max_abs_diff']:.3g})")
     agree = result["video"]["frame_index_agreement"]
     if agree < 1.0:
-        fails.append(f"{variant}: frame_indices differ from PyTorch on {100 * (1 - agree):.1f}% of clips")
+        fails.append(f"{label}: frame_indices differ from PyTorch on {100 * (1 - agree):.1f}% of clips")
     drop = -result["retrieval"]["delta"]
-    if drop > gate.max_r1_drop:
-        fails.append(f"{variant}: t2v R@1 dropped {drop:.2f} points > {gate.max_r1_drop}")
+    if not drop <= gate.max_r1_drop:
+        fails.append(f"{label}: t2v R@1 dropped {drop:.2f} points > {gate.max_r1_drop}")
     return fails
 
 
+def gate_failures(variant: str, results: dict, gate: GateSection) -> list[str]:
+    """Every failed check against every reference, each naming the output, the value and the threshold.
+
+    `results` maps "vs_trained" / "vs_merged" to a `compare` result.
+    """
+    return [f for key, ref in REFERENCES.items() if key in results
+            for f in reference_failures(f"{variant} vs {ref}", results[key], gate)]
+
+
 def time_ms(fn, runs: int, warmup: int = 3) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    times = []
+    return interleaved_ms({"fn": fn}, runs, warmup)["fn"]
+
+
+def interleaved_ms(fns: dict, runs: int, warmup: int = 2) -> dict[str, np.ndarray]:
+    """Warm every candidate up, then time one call of each in turn for `runs` rounds.
+
+    Interleaving puts every candidate under the same machine load, so ratios stay meaningful on a
+    busy machine even when absolute times drift.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return np.array(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    return {name: np.array(t) for name, t in times.items()}
 
 
-def latency(torch_fn, onnx_fn, runs: int) -> dict:
-    """Side by side on the same input and thread count; medians and ratios, not single timings."""
-    t, o = time_ms(torch_fn, runs), time_ms(onnx_fn, runs)
-    return {"torch_p50": float(np.median(t)), "onnx_p50": float(np.median(o)),
-            "onnx_p95": float(np.percentile(o, 95)), "speedup": float(np.median(t) / np.median(o))}
+def stats(ms: np.ndarray) -> dict:
+    return {"p50": float(np.median(ms)), "p95": float(np.percentile(ms, 95)), "mean": float(ms.mean()),
+            "runs": int(ms.size)}
+
+
+def latency_table(torch_fns: dict, onnx_fns: dict, runs: int) -> tuple[dict, dict]:
+    """(torch stats by name, per-variant latency dicts with speedups vs the torch models)."""
+    times = interleaved_ms({**torch_fns, **onnx_fns}, runs)
+    torch_stats = {name: stats(times[name]) for name in torch_fns}
+    merged, trained = torch_stats["merged_fp32"]["p50"], torch_stats["as_trained"]["p50"]
+    out = {}
+    for name in onnx_fns:
+        s = stats(times[name])
+        out[name] = {"torch_p50": merged, "torch_trained_p50": trained, "onnx_p50": s["p50"],
+                     "onnx_p95": s["p95"], "onnx_mean": s["mean"], "runs": s["runs"],
+                     "speedup": merged / s["p50"], "speedup_vs_trained": trained / s["p50"]}
+    return torch_stats, out

@@ -6,16 +6,17 @@ import hashlib
 import shutil
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
 from export.merge import merged_model
 from export.onnx_export import FORMAT_VERSION, export_text_encoder, export_video_encoder
 from export.parity import (
-    ParityInputs, compare, gate_failures, latency, noise_agreement, onnx_outputs, torch_outputs,
+    ParityInputs, compare, gate_failures, latency_table, noise_agreement, onnx_outputs, torch_outputs,
 )
-from export.quantize import SUPPORTED, make_variant, variant_path
+from export.quantize import (
+    FP16_KEEP_FLOAT32, INT4_LEVEL_ORDER, STATIC_OP_TYPES, SUPPORTED, Int8Options, VariantOptions, make_variant, optimize_fp32,
+)
 from export.report import parity_markdown
 from export.tokenize import encode_texts, load_tokenizer
 from toolchain import rundir
@@ -69,6 +70,7 @@ def manifest(recipe, info, run_dir: Path, files: dict, dim: int, temporal: dict 
         "name": recipe.name,
         "source": {"run_dir": str(Path(run_dir).resolve()), "base": recipe.model.name_or_path,
                    "family": recipe.model.family, "pooling": recipe.model.pooling,
+                   "exporter": recipe.export.exporter, "opset": recipe.export.opset,
                    "quantization": recipe.adapters.quantization,
                    "adapter_sha256": sha256(Path(run_dir) / "adapter" / "adapter_model.safetensors")},
         "frames": recipe.frames.model_dump(),
@@ -85,22 +87,6 @@ def manifest(recipe, info, run_dir: Path, files: dict, dim: int, temporal: dict 
         "temporal": temporal,
         "variants": files,
     }
-
-
-def check_variant(name, files, out_dir, reference, inputs, merged, recipe) -> dict:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = recipe.export.threads
-    video = ort.InferenceSession(str(out_dir / files["video"]), opts, providers=["CPUExecutionProvider"])
-    text = ort.InferenceSession(str(out_dir / files["text"]), opts, providers=["CPUExecutionProvider"])
-    result = compare(reference, onnx_outputs(video, text, inputs))
-    result["video"]["frame_index_agreement_lsb_noise"] = noise_agreement(video, inputs, reference)
-    clip = inputs.clips[0][None]
-    with torch.no_grad():
-        torch_fn = lambda: merged.encode_frames(torch.from_numpy(clip))  # noqa: E731
-        result["latency_ms"] = latency(torch_fn, lambda: video.run(None, {"frames": clip}), recipe.export.latency_runs)
-    size = sum((out_dir / f).stat().st_size for f in (files["video"], files["text"])) / 1e6
-    failures = gate_failures(name, result, recipe.export.gate(name))
-    return {"file": files["video"], "size_mb": round(size, 3), "passed": not failures, "failures": failures, **result}
 
 
 def check_variants(variants: list[str]) -> list[str]:
@@ -122,46 +108,138 @@ def export_run(run_dir: Path, out_dir: Path, force: bool, variants: list[str] | 
         report.say(f"temporal side branch: {temporal['branch_params']:,} parameters, "
                    f"{100 * temporal['branch_flop_share']:.2f}% of the video encoder's FLOPs")
     with rundir.building(out_dir) as tmp:
-        files = write_graphs(tmp, merged, recipe, info, variants, report)
-        parity = check_parity(tmp, trained, merged, recipe, info, files, report)
+        fp32 = write_fp32_graphs(tmp, merged, recipe, info, report)
+        inputs = parity_inputs(recipe, info)
+        refs = {"vs_trained": torch_outputs(trained, inputs), "vs_merged": torch_outputs(merged, inputs)}
+        files, results = build_and_check_all(tmp, fp32, variants, refs, inputs, recipe, report)
+        torch_latency = add_latency(tmp, files, results, trained, merged, inputs, recipe, report)
+        parity = parity_report(results, torch_latency, refs, inputs, recipe)
         rundir.write_json(tmp / "manifest.json", manifest(recipe, info, run_dir, files, parity.pop("dim"), temporal))
         rundir.write_json(tmp / "parity.json", parity)
         rundir.write_text(tmp / "parity.md", parity_markdown(parity))
     return parity
 
 
-def write_graphs(tmp: Path, merged, recipe, info, variants: list[str], report) -> dict:
-    meta = graph_metadata(recipe, info)
-    with report.task("exporting ONNX graphs", 2) as step:
-        video = export_video_encoder(merged, tmp / "video_encoder.onnx", recipe.export.opset, meta)
+def write_fp32_graphs(tmp: Path, merged, recipe, info, report) -> dict[str, Path]:
+    """Export both encoders with the recipe's exporter, then ORT-optimise them offline (the fp32 variant)."""
+    meta = graph_metadata(recipe, info) | {"vqtool.exporter": recipe.export.exporter}
+    opset, exporter = recipe.export.opset, recipe.export.exporter
+    with report.task(f"exporting ONNX graphs ({exporter})", 2) as step:
+        raw_video = export_video_encoder(merged, tmp / ".raw-video.onnx", opset, meta, exporter)
         step(1)
-        text = export_text_encoder(merged, tmp / "text_encoder.onnx", recipe.export.opset, info.max_text_len, meta)
+        raw_text = export_text_encoder(merged, tmp / ".raw-text.onnx", opset, info.max_text_len, meta, exporter)
         step(1)
+    graphs = {"video": optimize_fp32(raw_video, tmp / "video_encoder.onnx"),
+              "text": optimize_fp32(raw_text, tmp / "text_encoder.onnx")}
+    raw_video.unlink(), raw_text.unlink()
     shutil.copyfile(info.tokenizer, tmp / "tokenizer.json")
+    return graphs
+
+
+def calibration_feeds(inputs: ParityInputs, n: int) -> dict[str, list[dict]]:
+    """Raw uint8 eval clips (through the fused selector) and their captions, one feed per clip."""
+    return {"video": [{"frames": c[None]} for c in inputs.clips[:n]],
+            "text": [{"input_ids": inputs.ids[i:i + 1], "attention_mask": inputs.mask[i:i + 1]}
+                     for i in range(min(n, len(inputs.ids)))]}
+
+
+def variant_settings(variant: str, recipe, calibration: int) -> list[dict]:
+    """The settings to try for a variant, in order; only int4's `accuracy_level: auto` has more than one."""
+    if variant == "int4":
+        cfg = recipe.export.int4
+        levels = INT4_LEVEL_ORDER if cfg.accuracy_level == "auto" else (cfg.accuracy_level,)
+        return [{"block_size": cfg.block_size, "symmetric": cfg.symmetric, "accuracy_level": lv} for lv in levels]
+    if variant == "int8-static":
+        return [{"format": "QDQ", "calibration": "MinMax", "calibration_clips": calibration,
+                 "activations": "int8 symmetric", "op_types": list(STATIC_OP_TYPES), "per_channel": True}]
+    if variant == "int8":
+        opt = Int8Options()
+        return [{"per_channel": opt.per_channel, "reduce_range": opt.reduce_range, "op_types": list(opt.op_types)}]
+    if variant == "fp16":
+        return [{"keep_io_types": True, "float32_ops": FP16_KEEP_FLOAT32}]
+    return [{"ort_optimization": "basic"}]
+
+
+def build_one(tmp: Path, fp32: dict, variant: str, setting: dict, feeds: dict) -> dict:
     files = {}
-    with report.task("quantizing", len(variants)) as step:
-        for v in variants:
-            make_variant(video, v), make_variant(text, v)
-            files[v] = {"video": variant_path(video, v).name, "text": variant_path(text, v).name}
-            files[v]["sha256"] = {k: sha256(tmp / files[v][k]) for k in ("video", "text")}
-            step(1, v)
+    for kind in ("video", "text"):
+        opts = VariantOptions(calibration=feeds[kind])
+        if variant == "int4":
+            opts.int4_block_size, opts.int4_symmetric = setting["block_size"], setting["symmetric"]
+            opts.int4_accuracy_level = setting["accuracy_level"]
+        files[kind] = make_variant(fp32[kind], variant, opts).name
+    files["sha256"] = {k: sha256(tmp / files[k]) for k in ("video", "text")}
     return files
 
 
-def check_parity(tmp: Path, trained, merged, recipe, info, files: dict, report) -> dict:
-    inputs = parity_inputs(recipe, info)
-    reference = torch_outputs(trained, inputs)
-    merged_ref = torch_outputs(merged, inputs)
+def check_files(tmp: Path, files: dict, variant: str, refs: dict, inputs: ParityInputs, recipe) -> dict:
+    video, text = (session(tmp / files[k], recipe.export.threads) for k in ("video", "text"))
+    got = onnx_outputs(video, text, inputs)
+    result = {key: compare(ref, got) for key, ref in refs.items()}
+    result["vs_trained"]["video"]["frame_index_agreement_lsb_noise"] = noise_agreement(video, inputs, refs["vs_trained"])
+    failures = gate_failures(variant, result, recipe.export.gate(variant))
+    sizes = {k: (tmp / files[k]).stat().st_size / 1e6 for k in ("video", "text")}
+    return {"file": files["video"], "size_mb": round(sum(sizes.values()), 3),
+            "size_video_mb": round(sizes["video"], 3), "size_text_mb": round(sizes["text"], 3),
+            "passed": not failures, "failures": failures, **result.pop("vs_trained"), **result}
+
+
+def build_and_check(tmp: Path, fp32: dict, variant: str, refs: dict, inputs: ParityInputs, recipe, feeds) -> tuple:
+    """Build the variant with each candidate setting until one passes its gate (or none is left)."""
+    tried = []
+    for setting in variant_settings(variant, recipe, len(feeds["video"])):
+        files = build_one(tmp, fp32, variant, setting, feeds)
+        result = check_files(tmp, files, variant, refs, inputs, recipe)
+        tried.append({**setting, "passed": result["passed"], "failures": result["failures"]})
+        if result["passed"]:
+            break
+    result["settings"], files["settings"] = setting, setting
+    if len(tried) > 1:
+        result["tried"] = tried
+    return files, result
+
+
+def build_and_check_all(tmp: Path, fp32: dict, variants, refs, inputs, recipe, report) -> tuple[dict, dict]:
+    feeds = calibration_feeds(inputs, recipe.export.calibration_clips)
+    files, results = {}, {}
+    with report.task("building and checking variants", len(variants)) as step:
+        for v in variants:
+            files[v], results[v] = build_and_check(tmp, fp32, v, refs, inputs, recipe, feeds)
+            step(1, f"{v}: {'pass' if results[v]['passed'] else 'FAIL'}")
+    return files, results
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def add_latency(tmp: Path, files: dict, results: dict, trained, merged, inputs, recipe, report) -> dict:
+    """Video encoder on one eval clip: PyTorch eager (merged fp32, as trained) and every variant, interleaved."""
+    clip = inputs.clips[0][None]
     torch.set_num_threads(recipe.export.threads)
-    results = {}
-    with report.task("checking parity", len(files)) as step:
-        for v, f in files.items():
-            results[v] = check_variant(v, f, tmp, reference, inputs, merged, recipe)
-            step(1, v)
+    sessions = {v: session(tmp / f["video"], recipe.export.threads) for v, f in files.items()}
+    torch_fns = {"merged_fp32": lambda: merged.encode_frames(torch.from_numpy(clip)),
+                 "as_trained": lambda: trained.encode_frames(torch.from_numpy(clip))}
+    onnx_fns = {v: (lambda s=s: s.run(None, {"frames": clip})) for v, s in sessions.items()}
+    with torch.no_grad(), report.task("timing (interleaved)", None):
+        torch_stats, lat = latency_table(torch_fns, onnx_fns, recipe.export.latency_runs)
+    for v in results:
+        results[v]["latency_ms"] = lat[v]
+    return torch_stats
+
+
+def parity_report(results: dict, torch_latency: dict, refs: dict, inputs: ParityInputs, recipe) -> dict:
+    fp32_size = results["fp32"]["size_mb"]
+    for r in results.values():
+        r["size_vs_fp32"] = round(r["size_mb"] / fp32_size, 4)
     return {
         "format": 1, "passed": all(r["passed"] for r in results.values()), "variants": results,
-        "reference": "PyTorch as trained (quantized base + adapters)", "eval_clips": len(inputs.clips),
-        "threads": recipe.export.threads, "selector": recipe.frames.selector, "k": recipe.frames.k,
-        "merged_vs_trained": compare(reference, merged_ref)["video"] | {"note": "float32 merged PyTorch vs as trained"},
-        "dim": int(reference.video.shape[1]),
+        "reference": "PyTorch as trained (quantized base + adapters); vs_merged: the merged float32 PyTorch model",
+        "eval_clips": len(inputs.clips), "threads": recipe.export.threads, "selector": recipe.frames.selector,
+        "k": recipe.frames.k, "exporter": recipe.export.exporter, "torch_latency_ms": torch_latency,
+        "merged_vs_trained": compare(refs["vs_trained"], refs["vs_merged"])["video"]
+        | {"note": "float32 merged PyTorch vs as trained"},
+        "dim": int(refs["vs_trained"].video.shape[1]),
     }

@@ -69,12 +69,19 @@ def test_parity_json_schema(parity):
         assert set(v["video"]) >= {"max_abs_diff", "min_cosine", "frame_index_agreement"}
         assert set(v["text"]) >= {"max_abs_diff", "min_cosine"}
         assert set(v["retrieval"]) >= {"t2v_r1_torch", "t2v_r1_onnx", "delta"}
+        assert set(v["vs_merged"]) == {"video", "text", "retrieval"}, "parity against the merged model too"
+        assert v["vs_merged"]["video"]["min_cosine"] >= 0.99
         assert v["retrieval"]["delta"] == pytest.approx(v["retrieval"]["t2v_r1_onnx"] - v["retrieval"]["t2v_r1_torch"])
         lat = v["latency_ms"]
         assert set(lat) >= {"torch_p50", "onnx_p50", "onnx_p95", "speedup"}
         assert all(lat[k] > 0 for k in ("torch_p50", "onnx_p50", "onnx_p95", "speedup"))
         assert lat["onnx_p95"] >= lat["onnx_p50"]
         assert lat["speedup"] == pytest.approx(lat["torch_p50"] / lat["onnx_p50"])
+        assert lat["speedup_vs_trained"] == pytest.approx(lat["torch_trained_p50"] / lat["onnx_p50"])
+        assert lat["runs"] == 3 and lat["onnx_mean"] > 0
+    torch_lat = parity["torch_latency_ms"]
+    assert torch_lat["merged_fp32"]["p50"] == parity["variants"]["fp32"]["latency_ms"]["torch_p50"]
+    assert torch_lat["as_trained"]["p50"] == parity["variants"]["int8"]["latency_ms"]["torch_trained_p50"]
     assert parity["variants"]["int8"]["size_mb"] < parity["variants"]["fp32"]["size_mb"]
 
 
@@ -215,12 +222,12 @@ def test_broken_graph_fails_the_gate_naming_output_and_diff(tiny_export, merged,
     gate = GateSection(min_cosine=0.9999, max_r1_drop=100.0)
 
     good = compare(reference, onnx_outputs(session(tiny_export / "video_encoder.onnx"), text_sess, inputs))
-    assert gate_failures("fp32", good, gate) == []
+    assert gate_failures("fp32", {"vs_merged": good}, gate) == []
 
     bad = compare(reference, onnx_outputs(session(broken), text_sess, inputs))
-    failures = gate_failures("fp32", bad, gate)
+    failures = gate_failures("fp32", {"vs_merged": bad}, gate)
     assert len(failures) == 1, failures
-    assert "video_embeds" in failures[0] and "min cosine" in failures[0]
+    assert failures[0].startswith("fp32 vs merged fp32: video_embeds min cosine")
     assert "max abs diff" in failures[0]
     assert f"{bad['video']['max_abs_diff']:.3g}" in failures[0]
 
@@ -231,9 +238,11 @@ def test_gate_lists_every_failure():
         "text": {"max_abs_diff": 0.125, "min_cosine": 0.95},
         "retrieval": {"t2v_r1_torch": 50.0, "t2v_r1_onnx": 40.0, "delta": -10.0},
     }
-    failures = gate_failures("int8", result, GateSection(min_cosine=0.99, max_r1_drop=1.0))
-    assert len(failures) == 4
-    assert all(f.startswith("int8: ") for f in failures)
+    failures = gate_failures("int8", {"vs_trained": result, "vs_merged": result},
+                             GateSection(min_cosine=0.99, max_r1_drop=1.0))
+    assert len(failures) == 8, "every check against both references"
+    assert sum(f.startswith("int8 vs as-trained: ") for f in failures) == 4
+    assert sum(f.startswith("int8 vs merged fp32: ") for f in failures) == 4
     joined = "\n".join(failures)
     assert "video_embeds min cosine 0.900000 < 0.99" in joined and "0.25" in joined
     assert "text_embeds min cosine 0.950000 < 0.99" in joined and "0.125" in joined
@@ -248,9 +257,9 @@ def test_gate_passes_at_threshold_and_fails_on_nan():
         "retrieval": {"t2v_r1_torch": 50.0, "t2v_r1_onnx": 49.0, "delta": -1.0},
     }
     gate = GateSection(min_cosine=0.99, max_r1_drop=1.0)
-    assert gate_failures("int8", ok, gate) == []
+    assert gate_failures("int8", {"vs_trained": ok}, gate) == []
     ok["text"]["min_cosine"] = float("nan")
-    assert any("text_embeds" in f for f in gate_failures("int8", ok, gate))
+    assert any("text_embeds" in f for f in gate_failures("int8", {"vs_trained": ok}, gate))
 
 
 def test_export_into_existing_dir_without_force_is_refused(tiny_run, tmp_path):
@@ -275,7 +284,7 @@ def test_export_of_a_non_run_dir_is_refused(tmp_path):
 def test_unsupported_variant_fails_and_leaves_nothing_behind(tiny_run, tmp_path):
     target = tmp_path / "out"
     with pytest.raises(VqtoolError) as exc:
-        export_run(tiny_run, target, False, ["int4"], Reporter(quiet=True))
-    assert "int4" in str(exc.value)
+        export_run(tiny_run, target, False, ["int3"], Reporter(quiet=True))
+    assert "int3" in str(exc.value) and "int8-static" in str(exc.value)
     assert not target.exists()
     assert not list(tmp_path.iterdir()), f"left behind: {[p.name for p in tmp_path.iterdir()]}"

@@ -79,10 +79,14 @@ def test_bad_variant_in_list_lists_allowed_values():
     assert "export.variants.1" in msg and "'int3'" in msg and "int8" in msg
 
 
-def test_variant_without_an_exporter_yet_fails_in_validation_not_after_training():
+def test_int4_settings_are_validated_with_the_key_named():
+    recipe = validate_recipe({"export": {"variants": ["fp32", "int4"], "int4": {"accuracy_level": 4}}})
+    assert recipe.export.int4.accuracy_level == 4 and recipe.export.int4.block_size == 32
     with pytest.raises(RecipeError) as exc:
-        validate_recipe({"export": {"variants": ["fp32", "int4"]}})
-    assert "export.variants.1" in problems(exc)
+        validate_recipe({"export": {"int4": {"block_size": 48, "accuracy_level": 5}, "exporter": "jit"}})
+    msg = problems(exc)
+    assert "power of two" in msg and "48" in msg
+    assert "export.int4.accuracy_level" in msg and "export.exporter" in msg and "torchscript" in msg
 
 
 def test_several_problems_are_reported_together():

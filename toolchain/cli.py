@@ -352,6 +352,39 @@ def ablate(
                           + "\n".join(f"  - {f}" for f in result["failed"]))
 
 
+@bench_app.command("latency")
+def bench_latency(
+    arch: Annotated[str, typer.Option(help="tiny, or clip-vit-b32 (the real architecture, random weights).")] = "clip-vit-b32",
+    frames: Annotated[int, typer.Option(help="Frames per clip (K = frames: every frame is encoded).")] = 8,
+    size: Annotated[int, typer.Option(help="Frame height and width in pixels.")] = 224,
+    threads: Annotated[int, typer.Option(help="Threads for PyTorch and ONNX Runtime alike.")] = 2,
+    runs: Annotated[int, typer.Option(help="Timed runs per candidate, interleaved, after warm-up.")] = 20,
+    variants: Annotated[str, typer.Option(help="Comma list of export variants besides fp32.")] = "fp16,int8,int8-static,int4",
+    exporter: Annotated[str, typer.Option(help="dynamo or torchscript.")] = "dynamo",
+    int8_sweep: Annotated[bool, typer.Option(help="Also time dynamic-int8 alternatives (per-tensor, reduce_range, ...).")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write latency.md and latency.json here (DIR).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """Video encoder latency of every export variant vs PyTorch eager fp32, with cosine and file size."""
+    require_train_extra()
+    from export.quantize import SUPPORTED
+    from toolchain.bench.latency import bench_video, markdown
+
+    chosen = [v for v in csv_list(variants) if v != "fp32"]
+    bad = [v for v in chosen if v not in SUPPORTED]
+    if bad:
+        raise VqtoolError(f"--variants: {', '.join(bad)} not known; choose from {', '.join(SUPPORTED)}")
+    if exporter not in ("dynamo", "torchscript"):
+        raise VqtoolError(f"--exporter {exporter!r} not known; choose dynamo or torchscript")
+    result = bench_video(arch, frames, size, threads, runs, chosen, exporter, int8_sweep, reporter())
+    table = markdown(result)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "latency.md").write_text(table)
+        (out / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(result) if as_json else table)
+
+
 def main() -> None:
     try:
         app()

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from toolchain.errors import RecipeError
 
-Variant = Literal["fp32", "int8"]  # exportable today; fp16, int8-static and int4 have gates ready
-GateName = Literal["fp32", "fp16", "int8", "int8-static", "int4"]
+Variant = Literal["fp32", "fp16", "int8", "int8-static", "int4"]
+GateName = Variant
 
 
 class Section(BaseModel):
@@ -228,9 +228,28 @@ DEFAULT_GATES = {
 }
 
 
+class Int4Section(Section):
+    """Weight-only MatMulNBits: blocks of `block_size` input channels share a scale (and a zero point)."""
+
+    block_size: int = Field(32, ge=16, le=256)
+    symmetric: bool = True
+    # auto: the fastest level (4, int8 compute) if it passes the parity gate, else 1 (float32 compute)
+    accuracy_level: Literal["auto", 0, 1, 2, 3, 4] = "auto"
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"must be a power of two (16, 32, 64, 128 or 256), got {value}")
+        return value
+
+
 class ExportSection(Section):
     variants: list[Variant] = ["fp32", "int8"]
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
     opset: int = Field(18, ge=17)
+    int4: Int4Section = Int4Section()
+    calibration_clips: int = Field(16, ge=1)
     parity: dict[GateName, GateSection] = Field(default_factory=dict)
     latency_runs: int = Field(20, ge=1)
     threads: int = Field(2, ge=1)

@@ -21,9 +21,14 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL filter ids used in preprocessor_config.json
 
 
+def _shorter(h, w):
+    # The TorchScript tracer sees shapes as 0-d tensors (sym_min rejects them); torch.export as SymInts.
+    return torch.minimum(h, w) if torch.jit.is_tracing() else torch.sym_min(h, w)
+
+
 def _square_crop_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[2], x.shape[3]
-    side = torch.sym_min(h, w)
+    side = _shorter(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     x = x[:, :, top : top + side, left : left + side]
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
@@ -34,7 +39,7 @@ def _processor_resize(x: torch.Tensor, size: int, resize_shortest: int, resample
     if resize_shortest == 0:
         out_h, out_w = size, size
     else:
-        short = torch.sym_min(h, w)
+        short = _shorter(h, w)
         out_h, out_w = h * resize_shortest // short, w * resize_shortest // short
     x = F.interpolate(x, size=(out_h, out_w), mode=resample, align_corners=False, antialias=True)
     if resample == "bicubic":

@@ -1,0 +1,172 @@
+"""All five export variants on the tiny model, int4's accuracy-level fallback, both exporters, bench latency."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import TINY_K
+from export import pipeline
+from export.parity import ParityInputs, torch_outputs
+from export.onnx_export import export_text_encoder, export_video_encoder
+from export.pipeline import export_run
+from export.runtime import VideoTextRuntime
+from export.tokenize import encode_texts, load_tokenizer
+from toolchain.frames import select_frames
+from toolchain.progress import Reporter
+
+ALL = ["fp32", "fp16", "int8", "int8-static", "int4"]
+
+
+def ops(path) -> dict[str, set[str]]:
+    """op type -> domains used, for a graph file."""
+    found: dict[str, set[str]] = {}
+    for node in onnx.load(str(path)).graph.node:
+        found.setdefault(node.op_type, set()).add(node.domain or "ai.onnx")
+    return found
+
+
+def int4_levels(path) -> set[int]:
+    model = onnx.load(str(path))
+    return {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
+
+
+@pytest.fixture(scope="module")
+def all_variants(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("all-variants") / "export"
+    parity = export_run(tiny_run, out, False, ALL, Reporter(quiet=True))
+    return out, parity
+
+
+def test_every_variant_exports_and_passes_against_both_references(all_variants):
+    out, parity = all_variants
+    assert list(parity["variants"]) == ALL
+    assert parity["passed"], [f for v in parity["variants"].values() for f in v["failures"]]
+    for name, v in parity["variants"].items():
+        for ref in (v, v["vs_merged"]):
+            assert ref["video"]["frame_index_agreement"] == 1.0, name
+            assert ref["video"]["min_cosine"] >= {"fp32": 0.9999, "fp16": 0.999}.get(name, 0.98), name
+        assert v["latency_ms"]["onnx_p50"] > 0 and v["latency_ms"]["runs"] == 3
+    sizes = {n: v["size_mb"] for n, v in parity["variants"].items()}
+    assert sizes["int4"] < sizes["int8"] < sizes["fp16"] < sizes["fp32"]
+    assert sizes["fp16"] < 0.7 * sizes["fp32"]
+
+
+def test_variant_graphs_are_what_their_names_say(all_variants):
+    out, _ = all_variants
+    fp32, fp16 = onnx.load(str(out / "video_encoder.onnx")), onnx.load(str(out / "video_encoder.fp16.onnx"))
+    assert {n.domain for n in fp32.graph.node} <= {"", "ai.onnx"}, "basic ORT optimisation keeps standard ops"
+    assert {p.key for p in fp32.metadata_props} >= {"vqtool.format", "vqtool.frames.k", "vqtool.exporter"}
+    halves = [t for t in fp16.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert halves and fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert {o.type.tensor_type.elem_type for o in fp16.graph.output} == {onnx.TensorProto.FLOAT, onnx.TensorProto.INT64}
+    static = ops(out / "video_encoder.int8-static.onnx")
+    assert "QuantizeLinear" in static and "DequantizeLinear" in static
+    assert "MatMulInteger" in ops(out / "video_encoder.int8.onnx")
+    assert ops(out / "video_encoder.int4.onnx")["MatMulNBits"] == {"com.microsoft"}
+    for name in ("video_encoder.int8-static.onnx", "video_encoder.int4.onnx", "text_encoder.int4.onnx"):
+        meta = {p.key: p.value for p in onnx.load(str(out / name)).metadata_props}
+        assert meta["vqtool.frames.k"] == str(TINY_K), name
+
+
+def test_int4_records_its_accuracy_level_in_parity_and_manifest(all_variants):
+    out, parity = all_variants
+    settings = parity["variants"]["int4"]["settings"]
+    # auto tries 4 first; a one-clip R@1 drop at 4 (seen on some runs) legitimately moves it to 1
+    assert settings["accuracy_level"] in (4, 1) and settings["block_size"] == 32 and settings["symmetric"] is True
+    tried = parity["variants"]["int4"].get("tried", [settings])
+    assert tried[0]["accuracy_level"] == 4 and tried[-1]["accuracy_level"] == settings["accuracy_level"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["variants"]["int4"]["settings"] == settings
+    assert manifest["source"]["exporter"] == "dynamo"
+    assert int4_levels(out / "video_encoder.int4.onnx") == {settings["accuracy_level"]}
+    assert f"accuracy level {settings['accuracy_level']}" in (out / "parity.md").read_text()
+
+
+def test_runtime_loads_every_variant(all_variants):
+    out, _ = all_variants
+    clip = np.random.default_rng(3).integers(0, 256, (6, 40, 52, 3), dtype=np.uint8)
+    ref, _ = VideoTextRuntime(out, "fp32", threads=1).encode_video(clip)
+    for name in ALL[1:]:
+        emb, idx = VideoTextRuntime(out, name, threads=1).encode_video(clip)
+        assert idx[0].tolist() == select_frames(torch.from_numpy(clip), TINY_K).tolist()
+        assert float((emb * ref).sum()) > 0.98, name
+
+
+def test_int4_auto_falls_back_to_a_level_that_passes(all_variants, merged, tiny_recipe, monkeypatch, tmp_path):
+    """The gate, not an assumption, picks the level: a failing level 4 is replaced by level 1."""
+    out, _ = all_variants
+    _, model, _, info = merged
+    fp32 = {k: tmp_path / f"{k}_encoder.onnx" for k in ("video", "text")}
+    for k, path in fp32.items():
+        shutil.copyfile(out / path.name, path)
+    clips = [np.random.default_rng(s).integers(0, 256, (5, 36, 40, 3), dtype=np.uint8) for s in range(3)]
+    ids, mask = encode_texts(load_tokenizer(info.tokenizer, info.max_text_len), ["a red circle", "a square", "up"])
+    inputs = ParityInputs(clips, ids, mask)
+    refs = {"vs_trained": torch_outputs(model, inputs), "vs_merged": torch_outputs(model, inputs)}
+    real = pipeline.check_files
+
+    def level4_fails(tmp, files, variant, refs, inputs, recipe):
+        result = real(tmp, files, variant, refs, inputs, recipe)
+        if int4_levels(tmp / files["video"]) == {4}:
+            result["passed"], result["failures"] = False, ["int4 vs as-trained: forced failure at level 4"]
+        return result
+
+    monkeypatch.setattr(pipeline, "check_files", level4_fails)
+    feeds = pipeline.calibration_feeds(inputs, 2)
+    files, int4 = pipeline.build_and_check(tmp_path, fp32, "int4", refs, inputs, tiny_recipe, feeds)
+    assert int4["passed"] and int4["settings"]["accuracy_level"] == 1 == files["settings"]["accuracy_level"]
+    assert [(t["accuracy_level"], t["passed"]) for t in int4["tried"]] == [(4, False), (1, True)]
+    assert int4_levels(tmp_path / files["video"]) == {1}, "the file on disk was rebuilt at level 1"
+
+
+@pytest.fixture(scope="module")
+def torchscript_video(merged, tmp_path_factory):
+    return export_video_encoder(merged[1], tmp_path_factory.mktemp("ts") / "v.onnx", 18, {}, "torchscript")
+
+
+@pytest.mark.parametrize("shape", [(1, 31, 47), (3, 90, 50), (37, 24, 40)], ids=lambda s: "x".join(map(str, s)))
+def test_torchscript_export_is_right_on_shapes_it_was_not_traced_with(merged, torchscript_video, shape):
+    """A tracer that froze N, H or W (the classic silent wrong export) would fail here."""
+    import onnxruntime as ort
+
+    model, path = merged[1], torchscript_video
+    clip = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    emb, idx = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"frames": clip[None]})
+    with torch.no_grad():
+        ref, ref_idx = model.encode_frames(torch.from_numpy(clip)[None])
+    assert np.array_equal(idx, ref_idx.numpy())
+    assert np.abs(emb - ref.numpy()).max() < 1e-4
+
+
+def test_torchscript_text_export_matches_torch(merged, tmp_path):
+    import onnxruntime as ort
+
+    _, model, _, info = merged
+    path = export_text_encoder(model, tmp_path / "t.onnx", 18, info.max_text_len, {}, "torchscript")
+    ids, mask = encode_texts(load_tokenizer(info.tokenizer, info.max_text_len), ["a red circle moves left", "zebra"])
+    (emb,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids, "attention_mask": mask})
+    with torch.no_grad():
+        ref = model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    assert np.abs(emb - ref).max() < 1e-4
+
+
+def test_bench_latency_reports_every_variant_against_torch():
+    from toolchain.bench.latency import bench_video, markdown
+
+    result = bench_video("tiny", 4, 32, 1, 2, ["int8", "int4"], "dynamo", False, Reporter(quiet=True))
+    rows = result["variants"]
+    assert list(rows) == ["torch eager fp32", "fp32", "int8", "int4"]
+    for name in ("fp32", "int8", "int4"):
+        assert rows[name]["p50_ms"] > 0 and rows[name]["speedup_vs_torch"] > 0
+        assert rows[name]["p95_ms"] >= rows[name]["p50_ms"]
+    assert rows["fp32"]["min_cosine_vs_torch"] > 0.9999 and rows["int8"]["min_cosine_vs_torch"] > 0.99
+    assert rows["int4"]["size_mb"] < rows["fp32"]["size_mb"]
+    table = markdown(result)
+    assert "| int4 |" in table and "speedup vs torch eager fp32" in table

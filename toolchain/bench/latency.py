@@ -1,0 +1,126 @@
+"""`vqtool bench latency`: every export variant against PyTorch eager on a real architecture (random weights).
+
+Speed does not depend on the weights' values, so the real ViT-B/32 CLIP architecture is built from its
+config. All candidates are timed interleaved (one run of each in turn), so a load change on the
+machine hits them alike; medians and ratios are reported, measured side by side in one process.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.parity import interleaved_ms
+from export.quantize import Int8Options, VariantOptions, make_variant, quantize_int8_dynamic, variant_path
+
+# Dynamic int8 alternatives a user would try when the default falls short (`--int8-sweep`).
+INT8_SWEEP = {
+    "int8 per-tensor": Int8Options(per_channel=False),
+    "int8 reduce_range": Int8Options(reduce_range=True),
+    "int8 no pre-optimisation": Int8Options(preprocess=False),
+    "int8 all op types": Int8Options(op_types=("MatMul", "Conv", "Gemm", "Gather", "Attention")),
+}
+
+
+def smooth_clips(count: int, frames: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """Image-like uint8 clips [N, S, S, 3]: a low-frequency random field drifting across frames."""
+    rng = np.random.default_rng(seed)
+    clips = []
+    for _ in range(count):
+        coarse = rng.uniform(0, 255, (frames, 3, 8, 8)).astype(np.float32)
+        coarse = np.cumsum(coarse * 0.3, axis=0) % 255  # frames drift, like motion
+        big = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(size, size), mode="bilinear")
+        clips.append(big.permute(0, 2, 3, 1).clamp(0, 255).to(torch.uint8).numpy())
+    return clips
+
+
+def stats(ms: np.ndarray) -> dict:
+    return {"p50_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95)), "mean_ms": float(ms.mean())}
+
+
+def session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def min_cosine(ref: np.ndarray, got: np.ndarray) -> float:
+    cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1) + 1e-12)
+    return float(cos.min())
+
+
+def export_video(model, tmp: Path, exporter: str) -> Path:
+    from export.onnx_export import export_video_encoder
+    from export.quantize import optimize_fp32
+
+    raw = export_video_encoder(model, tmp / "raw.onnx", 18, {}, exporter)
+    return optimize_fp32(raw, tmp / "video_encoder.onnx")
+
+
+def build_variants(fp32: Path, variants: list[str], calibration: list[np.ndarray], int8_sweep: bool,
+                   report) -> dict[str, Path]:
+    opts = VariantOptions(calibration=[{"frames": c[None]} for c in calibration])
+    names = [v for v in variants if v != "fp32"]
+    files = {"fp32": fp32}
+    with report.task("building variants", len(names) + (len(INT8_SWEEP) if int8_sweep else 0)) as step:
+        for v in names:
+            files[v] = make_variant(fp32, v, opts)
+            step(1, v)
+        for i, (label, opt) in enumerate(INT8_SWEEP.items() if int8_sweep else []):
+            files[label] = quantize_int8_dynamic(fp32, variant_path(fp32, f"int8-sweep{i}"), opt)
+            step(1, label)
+    return files
+
+
+def bench_video(arch: str, frames: int, size: int, threads: int, runs: int, variants: list[str],
+                exporter: str = "dynamo", int8_sweep: bool = False, report=None) -> dict:
+    """Per variant: p50/p95/mean ms, speedup vs torch eager fp32, min cosine vs torch, file size."""
+    from toolchain.models.archs import build_arch
+
+    model = build_arch(arch, frames, "uniform")
+    clips = smooth_clips(4, frames, size)
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        ref = np.concatenate([model.encode_frames(torch.from_numpy(c)[None])[0].numpy() for c in clips])
+    with tempfile.TemporaryDirectory() as tmp:
+        report.say(f"exporting {arch} video encoder ({exporter} exporter, then ORT basic optimisation)")
+        fp32 = export_video(model, Path(tmp), exporter)
+        files = build_variants(fp32, ["fp32", *variants], smooth_clips(8, frames, size, seed=1), int8_sweep, report)
+        sessions = {name: session(path, threads) for name, path in files.items()}
+        cosine = {name: min_cosine(ref, np.concatenate([s.run(None, {"frames": c[None]})[0] for c in clips]))
+                  for name, s in sessions.items()}
+        feed = clips[0][None]
+        fns = {"torch eager fp32": lambda: model.encode_frames(torch.from_numpy(feed))}
+        fns |= {name: (lambda s=s: s.run(None, {"frames": feed})) for name, s in sessions.items()}
+        report.say(f"timing {len(fns)} candidates, {runs} interleaved runs each")
+        with torch.no_grad():
+            times = interleaved_ms(fns, runs)
+        sizes = {name: path.stat().st_size / 1e6 for name, path in files.items()}
+    torch_p50 = float(np.median(times["torch eager fp32"]))
+    rows = {"torch eager fp32": {**stats(times["torch eager fp32"]), "speedup_vs_torch": 1.0}}
+    for name in files:
+        rows[name] = {**stats(times[name]), "speedup_vs_torch": torch_p50 / float(np.median(times[name])),
+                      "min_cosine_vs_torch": cosine[name], "size_mb": sizes[name],
+                      "size_vs_fp32": sizes[name] / sizes["fp32"]}
+    return {"arch": arch, "encoder": "video", "frames": frames, "size": size, "threads": threads, "runs": runs,
+            "exporter": exporter, "variants": rows}
+
+
+def markdown(result: dict) -> str:
+    r = result
+    lines = [f"{r['arch']} {r['encoder']} encoder: 1 clip of {r['frames']} frames at {r['size']}x{r['size']}, "
+             f"{r['threads']} threads, {r['runs']} interleaved runs after warm-up, {r['exporter']} exporter.", "",
+             "| variant | p50 ms | p95 ms | mean ms | speedup vs torch eager fp32 | min cosine vs torch | size MB | size vs fp32 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, v in r["variants"].items():
+        cos = f"{v['min_cosine_vs_torch']:.6f}" if "min_cosine_vs_torch" in v else "–"
+        size = f"{v['size_mb']:.1f} | {100 * v['size_vs_fp32']:.1f}%" if "size_mb" in v else "– | –"
+        lines.append(f"| {name} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} | {v['mean_ms']:.1f} | "
+                     f"{v['speedup_vs_torch']:.2f}× | {cos} | {size} |")
+    return "\n".join(lines) + "\n"
