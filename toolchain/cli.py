@@ -299,6 +299,7 @@ def bench_memory(
     rank: Annotated[int, typer.Option(help="LoRA rank (all linear layers).")] = 8,
     methods: Annotated[str, typer.Option(help="Comma list of full, lora, qlora, qlora-8bit.")] = "full,lora,qlora,qlora-8bit",
     out: Annotated[Optional[Path], typer.Option(help="Also write memory.md and memory.json here (DIR).")] = None,
+    grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help="Recompute activations in backward (every method), as QLoRA is run in practice.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
 ):
     """Peak memory, weight memory, trainable parameters and step time of one training step per method."""
@@ -309,7 +310,7 @@ def bench_memory(
     check_methods(csv_list(methods))  # before the heavy imports
     require_train_extra()
 
-    result = run_memory_bench(arch, frames, batch, steps, rank, csv_list(methods), reporter())
+    result = run_memory_bench(arch, frames, batch, steps, rank, csv_list(methods), reporter(), grad_checkpointing)
     table = markdown(result)
     if out:
         from toolchain.rundir import write_json, write_text

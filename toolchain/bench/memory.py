@@ -39,7 +39,7 @@ def checkpoint_dir(arch: str, tmp: Path) -> str:
     return str(tmp)
 
 
-def build_model(method: str, checkpoint: str, k: int, rank: int, device: str):
+def build_model(method: str, checkpoint: str, k: int, rank: int, device: str, recompute: bool = False):
     from toolchain.adapters.qlora import add_lora, bnb_config, keep_training_layout
     from toolchain.models.build import load_clip
     from toolchain.models.preprocess import CLIP_MEAN, CLIP_STD
@@ -48,6 +48,8 @@ def build_model(method: str, checkpoint: str, k: int, rank: int, device: str):
 
     adapters = AdaptersSection(quantization=QUANT[method], rank=rank, alpha=2.0 * rank, target_modules="all-linear")
     clip = load_clip(checkpoint, bnb_config(adapters), device)
+    if recompute:  # activation (gradient) checkpointing, as QLoRA is run in practice; same for every method
+        clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method != "full":
         keep_training_layout(clip)
         clip = add_lora(clip, adapters)
@@ -117,7 +119,7 @@ def timed_steps(model, opt, batch, steps: int, device: str) -> list[float]:
     return times
 
 
-def measure(method: str, checkpoint: str, k: int, batch: int, steps: int, rank: int) -> dict:
+def measure(method: str, checkpoint: str, k: int, batch: int, steps: int, rank: int, recompute: bool = False) -> dict:
     """Everything about one method's training step, from inside a fresh process."""
     import torch
 
@@ -130,7 +132,7 @@ def measure(method: str, checkpoint: str, k: int, batch: int, steps: int, rank: 
     device = pick_device()
     floor = current_mb(device)  # every library imported, no model yet
     torch.manual_seed(0)
-    model = build_model(method, checkpoint, k, rank, device)
+    model = build_model(method, checkpoint, k, rank, device, recompute)
     data = random_batch(model, batch, k, device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     load_peak = peak_mb(device)
@@ -148,7 +150,7 @@ def measure(method: str, checkpoint: str, k: int, batch: int, steps: int, rank: 
         "optimizer_mb": round(optimizer_bytes(opt) / 2**20, 1),
         "trainable_params": trainable, "base_params": base, "trainable_pct": round(100 * trainable / base, 4),
         "step_s": round(statistics.median(times[1:]), 4), "warmup_step_s": round(times[0], 4),
-        "steps": steps, "threads": torch.get_num_threads(),
+        "steps": steps, "threads": torch.get_num_threads(), "grad_checkpointing": recompute,
     }
 
 
@@ -160,12 +162,14 @@ def child_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--grad-checkpointing", action="store_true")
     args = parser.parse_args(argv)
     from toolchain.quiet import quiet_libraries
 
     quiet_libraries()
     try:
-        result = measure(args.method, args.checkpoint, args.frames, args.batch, args.steps, args.rank)
+        result = measure(args.method, args.checkpoint, args.frames, args.batch, args.steps, args.rank,
+                         args.grad_checkpointing)
     except Exception as exc:  # only qlora-8bit may be unsupported; the others must work
         if args.method != "qlora-8bit":
             raise
@@ -173,9 +177,11 @@ def child_main(argv: list[str] | None = None) -> None:
     print(json.dumps(result), flush=True)
 
 
-def run_method(method: str, checkpoint: str, frames: int, batch: int, steps: int, rank: int) -> dict:
+def run_method(method: str, checkpoint: str, frames: int, batch: int, steps: int, rank: int,
+               recompute: bool = False) -> dict:
     cmd = [sys.executable, "-m", "toolchain.bench.memory", "--method", method, "--checkpoint", checkpoint,
            "--frames", str(frames), "--batch", str(batch), "--steps", str(steps), "--rank", str(rank)]
+    cmd += ["--grad-checkpointing"] if recompute else []
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if proc.returncode != 0:
         raise VqtoolError(f"bench memory: the {method} process failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -203,7 +209,8 @@ def check_methods(methods: list[str]) -> None:
         raise VqtoolError(f"--methods: {', '.join(unknown) or 'none given'} not known; choose from {', '.join(METHODS)}")
 
 
-def run_memory_bench(arch: str, frames: int, batch: int, steps: int, rank: int, methods: list[str], report) -> dict:
+def run_memory_bench(arch: str, frames: int, batch: int, steps: int, rank: int, methods: list[str], report,
+                     recompute: bool = False) -> dict:
     check_methods(methods)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="vqtool-bench-") as tmp:
@@ -211,15 +218,16 @@ def run_memory_bench(arch: str, frames: int, batch: int, steps: int, rank: int, 
         checkpoint = checkpoint_dir(arch, Path(tmp))
         with report.task("training step per method", len(methods)) as advance:
             for method in methods:
-                rows[method] = run_method(method, checkpoint, frames, batch, steps, rank)
+                rows[method] = run_method(method, checkpoint, frames, batch, steps, rank, recompute)
                 advance(1, method)
-    return {"arch": arch, "frames": frames, "batch": batch, "rank": rank, "steps": steps,
+    return {"arch": arch, "frames": frames, "batch": batch, "rank": rank, "steps": steps, "grad_checkpointing": recompute,
             "methods": rows, "ratios": ratios(rows), "targets": TARGETS}
 
 
 def markdown(result: dict) -> str:
     head = (f"{result['arch']}, K = {result['frames']} frames, batch {result['batch']}, LoRA rank {result['rank']} "
-            f"on all linears; step time = median of {result['steps']} steps after one warm-up step.")
+            f"on all linears; step time = median of {result['steps']} steps after one warm-up step"
+            + ("; gradient checkpointing on for every method." if result.get("grad_checkpointing") else "."))
     lines = [head, "", "| method | peak MB | baseline MB | step delta MB | above floor MB | weights MB | "
              "optimizer MB | trainable params | % of base | step s |", "|---|" + "---:|" * 9]
     for name, r in result["methods"].items():
