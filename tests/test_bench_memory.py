@@ -29,6 +29,9 @@ def test_bench_memory_tiny_json_and_relations(run_cli, tmp_path):
     assert full["base_params"] == lora["base_params"] == qlora["base_params"]
     # 4-bit storage is smaller than fp32; AdamW keeps two fp32 moments per trainable parameter.
     assert qlora["weight_mb"] < lora["weight_mb"]
+    # live tensors: weights + AdamW state + what the step allocates; full fine-tuning holds the most
+    assert full["live_peak_mb"] > lora["live_peak_mb"] > qlora["live_peak_mb"] > qlora["weight_mb"]
+    assert full["live_peak_mb"] >= full["weight_mb"] * 3  # weights + gradients + two AdamW moments
     assert full["optimizer_mb"] == pytest.approx(8 * full["trainable_params"] / 2**20, abs=0.1)
     assert lora["optimizer_mb"] == pytest.approx(8 * lora["trainable_params"] / 2**20, abs=0.1)
     int8 = m["qlora-8bit"]
@@ -58,3 +61,24 @@ def test_stored_bytes_counts_4bit_scales():
                                              bnb_4bit_compute_dtype=torch.float32))
     packed = sum(p.numel() * p.element_size() for p in nf4.parameters()) + sum(b.numel() * b.element_size() for b in nf4.buffers())
     assert packed < stored_bytes(nf4) < stored_bytes(fp32)
+
+
+def test_live_tensor_peak_counts_what_is_alive_not_what_was_freed():
+    import torch
+
+    from toolchain.bench.live import LiveTensorPeak
+
+    mib = 2**20
+    mode = LiveTensorPeak()
+    with mode:
+        a = torch.zeros(mib // 4)  # 1 MiB
+        b = torch.zeros(2 * mib // 4)  # 2 MiB, then freed
+        del b
+        c = torch.zeros(mib // 4, requires_grad=True)
+        (c * 2).sum().backward()  # c*2 is a temporary; c.grad stays
+        d = torch.zeros(mib // 4)  # a + c + grad + d: the new peak, 4 MiB (a + b was 3)
+        del d
+    assert mode.peak == pytest.approx(4 * mib, rel=0.01)
+    assert mode.now == pytest.approx(3 * mib, rel=0.01)  # a, c and c.grad are still alive
+    del a, c
+    assert mode.now == pytest.approx(0, abs=1024)

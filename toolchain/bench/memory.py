@@ -119,6 +119,18 @@ def timed_steps(model, opt, batch, steps: int, device: str) -> list[float]:
     return times
 
 
+def live_peak_mb(model, opt, batch) -> float:
+    """Weights + optimizer state + batch + the peak of tensors one more step allocates (see live.py)."""
+    from toolchain.bench.live import LiveTensorPeak
+
+    static = stored_bytes(model) + optimizer_bytes(opt)
+    static += sum(tensor_bytes(t) for t in batch if hasattr(t, "numel"))
+    mode = LiveTensorPeak()
+    with mode:
+        train_step(model, opt, batch)
+    return round((static + mode.peak) / 2**20, 1)
+
+
 def measure(method: str, checkpoint: str, k: int, batch: int, steps: int, rank: int, recompute: bool = False) -> dict:
     """Everything about one method's training step, from inside a fresh process."""
     import torch
@@ -140,13 +152,14 @@ def measure(method: str, checkpoint: str, k: int, batch: int, steps: int, rank: 
     baseline = current_mb(device)
     times = timed_steps(model, opt, data, steps, device)
     step_peak = peak_mb(device)
+    live = live_peak_mb(model, opt, data) if device == "cpu" else None
     trainable, total = trainable_parameters(model)
     base = total if method == "full" else total - trainable  # adapters are not part of the base
     return {
         "method": method, "device": device, "peak_kind": peak_kind(device, was_reset),
         "peak_mb": round(step_peak, 1), "baseline_mb": round(baseline, 1), "floor_mb": round(floor, 1),
         "step_delta_mb": round(step_peak - baseline, 1), "peak_above_floor_mb": round(step_peak - floor, 1),
-        "load_peak_mb": round(load_peak, 1), "weight_mb": round(stored_bytes(model) / 2**20, 1),
+        "live_peak_mb": live, "load_peak_mb": round(load_peak, 1), "weight_mb": round(stored_bytes(model) / 2**20, 1),
         "optimizer_mb": round(optimizer_bytes(opt) / 2**20, 1),
         "trainable_params": trainable, "base_params": base, "trainable_pct": round(100 * trainable / base, 4),
         "step_s": round(statistics.median(times[1:]), 4), "warmup_step_s": round(times[0], 4),
@@ -197,6 +210,7 @@ def ratios(rows: dict) -> dict:
 
     out = {f"{a}_vs_{b}": ratio(a, b, "peak_mb") for a, b in (("qlora", "lora"), ("qlora", "full"))}
     out.update({f"{a}_vs_{b}_above_floor": ratio(a, b, "peak_above_floor_mb") for a, b in (("qlora", "lora"), ("qlora", "full"))})
+    out.update({f"{a}_vs_{b}_live": ratio(a, b, "live_peak_mb") for a, b in (("qlora", "lora"), ("qlora", "full"))})
     out.update({f"{a}_vs_{b}_weights": ratio(a, b, "weight_mb") for a, b in (("qlora", "lora"), ("qlora", "full"))})
     q = rows.get("qlora", {})
     out["trainable_pct"] = q.get("trainable_pct")
@@ -228,13 +242,14 @@ def markdown(result: dict) -> str:
     head = (f"{result['arch']}, K = {result['frames']} frames, batch {result['batch']}, LoRA rank {result['rank']} "
             f"on all linears; step time = median of {result['steps']} steps after one warm-up step"
             + ("; gradient checkpointing on for every method." if result.get("grad_checkpointing") else "."))
-    lines = [head, "", "| method | peak MB | baseline MB | step delta MB | above floor MB | weights MB | "
-             "optimizer MB | trainable params | % of base | step s |", "|---|" + "---:|" * 9]
+    lines = [head, "", "| method | peak MB | live tensors peak MB | baseline MB | step delta MB | above floor MB | "
+             "weights MB | optimizer MB | trainable params | % of base | step s |", "|---|" + "---:|" * 10]
     for name, r in result["methods"].items():
         if "skipped" in r:
-            lines.append(f"| {name} | skipped: {r['skipped']} |" + " |" * 8)
+            lines.append(f"| {name} | skipped: {r['skipped']} |" + " |" * 9)
             continue
-        lines.append(f"| {name} | {r['peak_mb']:.0f} | {r['baseline_mb']:.0f} | {r['step_delta_mb']:.0f} | "
+        live = "–" if r.get("live_peak_mb") is None else f"{r['live_peak_mb']:.0f}"
+        lines.append(f"| {name} | {r['peak_mb']:.0f} | {live} | {r['baseline_mb']:.0f} | {r['step_delta_mb']:.0f} | "
                      f"{r['peak_above_floor_mb']:.0f} | {r['weight_mb']:.1f} | {r['optimizer_mb']:.1f} | "
                      f"{r['trainable_params']:,} | {r['trainable_pct']:.3f} | {r['step_s']:.3f} |")
     kinds = {r["peak_kind"] for r in result["methods"].values() if "peak_kind" in r}
