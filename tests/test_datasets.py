@@ -170,3 +170,14 @@ def test_seeking_decodes_the_same_frames_without_reading_the_whole_file(tmp_path
     assert np.array_equal(got, ref[frame_indices(n, 8)])
     assert seek["seeked"] and seek["decoded"] < n / 2, seek
     assert whole["decoded"] == n
+
+
+def test_a_missing_eval_file_names_data_eval(tmp_path):
+    from toolchain.data.formats import read_split
+    from toolchain.errors import DataError
+    from toolchain.recipe import DataSection
+
+    (tmp_path / "train.jsonl").write_text("")
+    data = DataSection(train=str(tmp_path / "train.jsonl"), eval=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(DataError, match=r"^data\.eval: annotation file .*missing\.jsonl not found; fix data\.eval"):
+        read_split(data, "eval")

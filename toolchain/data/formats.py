@@ -32,7 +32,7 @@ class Split:
 def read_split(data: DataSection, which: str) -> Split:
     """The `train` or `eval` split of the recipe's dataset."""
     spec = getattr(data, which)
-    split = READERS[data.format](data, spec)
+    split = READERS[data.format](data, spec, f"data.{which}")
     if not split.pairs:
         head = "; ".join(f"{w}: {r}" for w, r in split.skipped[:3]) or "it has no rows"
         raise DataError(f"data.{which}: no usable (video, caption) row in {split.source} "
@@ -75,8 +75,8 @@ def _keep_existing(pairs: list[Sample], skipped: list, where: str) -> list[Sampl
     return kept
 
 
-def read_jsonl(data: DataSection, spec: str) -> Split:
-    path = _need_file(Path(spec), "data.train/data.eval")
+def read_jsonl(data: DataSection, spec: str, key: str = "data.train/data.eval") -> Split:
+    path = _need_file(Path(spec), key)
     root, pairs, skipped = _root(data, path), [], []
     for number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -99,8 +99,8 @@ def _csv_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
     return [(number, row) for number, row in enumerate(reader, start=2)]
 
 
-def read_csv(data: DataSection, spec: str) -> Split:
-    path = _need_file(Path(spec), "data.train/data.eval")
+def read_csv(data: DataSection, spec: str, key: str = "data.train/data.eval") -> Split:
+    path = _need_file(Path(spec), key)
     root, pairs, skipped = _root(data, path), [], []
     for number, row in _csv_rows(path, ("video", "caption")):
         video, caption = (row.get("video") or "").strip(), (row.get("caption") or "").strip()
@@ -143,12 +143,12 @@ def _msrvtt_captions(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
     return captions, splits
 
 
-def read_msrvtt(data: DataSection, spec: str) -> Split:
+def read_msrvtt(data: DataSection, spec: str, key: str = "data.train/data.eval") -> Split:
     ann = _need_file(Path(data.annotations), "data.annotations")
     captions, splits = _msrvtt_captions(ann)
     index, skipped, pairs = VideoIndex(Path(data.video_root)), [], []
     if spec.endswith(".csv"):
-        path = _need_file(Path(spec), "data.train/data.eval")
+        path = _need_file(Path(spec), key)
         rows = _csv_rows(path, ("video_id",))
         for number, row in rows:
             vid, sentence = (row.get("video_id") or "").strip(), (row.get("sentence") or "").strip()
@@ -163,15 +163,15 @@ def read_msrvtt(data: DataSection, spec: str) -> Split:
                 pairs += index.pairs(vid, captions[vid], skipped, where)
         return Split(pairs, str(path), skipped)
     if spec not in MSRVTT_SPLITS:
-        raise DataError(f"data.train/data.eval: {spec!r} is neither a CLIP4Clip split .csv nor an MSR-VTT "
+        raise DataError(f"{key}: {spec!r} is neither a CLIP4Clip split .csv nor an MSR-VTT "
                         f"split name ({', '.join(MSRVTT_SPLITS)})")
     for vid in (v for v, s in splits.items() if s == spec):
         pairs += index.pairs(vid, captions.get(vid, []), skipped, f"{ann.name}[{vid}]")
     return Split(pairs, f"{ann} (split {spec})", skipped)
 
 
-def read_vatex(data: DataSection, spec: str) -> Split:
-    path = _need_file(Path(spec), "data.train/data.eval")
+def read_vatex(data: DataSection, spec: str, key: str = "data.train/data.eval") -> Split:
+    path = _need_file(Path(spec), key)
     doc = _load_json(path)
     if not isinstance(doc, list):
         raise DataError(f"{path} is not a VATEX json (a list of objects with 'videoID' and 'enCap')")
