@@ -312,8 +312,8 @@ def train_and_evaluate(recipe: Recipe, work: Path, report: Reporter, procs: Proc
         model = build_trainable(recipe, info, device, plan)
     report.say(plan_table(plan))
     n_train, n_total = trainable_parameters(model)
-    report.say(f"base {recipe.model.name_or_path}: {n_total:,} parameters, {n_train:,} trainable "
-               f"({100 * n_train / n_total:.2f}%), quantization {recipe.adapters.quantization}, device {device}"
+    report.say(f"base {recipe.model.name_or_path}: {n_total - n_train:,} parameters, {n_train:,} trainable "
+               f"({100 * n_train / max(1, n_total - n_train):.2f}% of the base), quantization {recipe.adapters.quantization}, device {device}"
                + (f", {procs.world} processes" if procs.world > 1 else ""))
     base = None
     if procs.is_main:
