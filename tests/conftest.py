@@ -128,3 +128,16 @@ def merged(tiny_run):
     from export.merge import merged_model
 
     return merged_model(tiny_run)
+
+
+def copy_with_manifest(export_dir: Path, tmp_path: Path, edit) -> Path:
+    """A copy of an export dir whose manifest.json went through `edit(dict)`."""
+    import json
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(export_dir, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out

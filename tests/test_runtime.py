@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import BLOCK_TORCH, TINY_K, cli_env
+from conftest import BLOCK_TORCH, TINY_K, cli_env, copy_with_manifest
 from export.runtime import VideoTextRuntime, check_frames, choose_providers, read_manifest
 from toolchain.data.video import decode_video
 from toolchain.errors import VqtoolError
@@ -137,15 +136,6 @@ def test_manifest_missing(tmp_path):
     with pytest.raises(VqtoolError) as exc:
         VideoTextRuntime(tmp_path)
     assert "manifest.json" in str(exc.value) and "vqtool export" in str(exc.value)
-
-
-def copy_with_manifest(tiny_export, tmp_path, edit):
-    out = tmp_path / "copy"
-    shutil.copytree(tiny_export, out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    edit(manifest)
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out
 
 
 def test_manifest_format_newer(tiny_export, tmp_path):

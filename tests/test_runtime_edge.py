@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import onnxruntime as ort
@@ -11,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY_K
+from conftest import TINY_K, copy_with_manifest
 from export import providers as prov
 from export.runtime import MANIFEST_FORMAT, VideoTextRuntime, check_frames, read_manifest
 from toolchain.errors import VqtoolError
@@ -130,17 +129,8 @@ def test_manifest_format_matches_the_exporter():
     assert MANIFEST_FORMAT == FORMAT_VERSION
 
 
-def edited_copy(tiny_export, tmp_path, edit):
-    out = tmp_path / "copy"
-    shutil.copytree(tiny_export, out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    edit(manifest)
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out
-
-
 def test_newer_format_names_the_file_and_both_fixes(tiny_export, tmp_path):
-    out = edited_copy(tiny_export, tmp_path, lambda m: m.update(format=MANIFEST_FORMAT + 1))
+    out = copy_with_manifest(tiny_export, tmp_path, lambda m: m.update(format=MANIFEST_FORMAT + 1))
     with pytest.raises(VqtoolError) as exc:
         read_manifest(out)
     msg = str(exc.value)
@@ -150,7 +140,7 @@ def test_newer_format_names_the_file_and_both_fixes(tiny_export, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["1", None, True, 0, 1.5], ids=["string", "null", "bool", "zero", "float"])
 def test_bad_format_values(tiny_export, tmp_path, fmt):
-    out = edited_copy(tiny_export, tmp_path, lambda m: m.update(format=fmt))
+    out = copy_with_manifest(tiny_export, tmp_path, lambda m: m.update(format=fmt))
     with pytest.raises(VqtoolError, match="'format' must be a positive integer"):
         read_manifest(out)
 
@@ -162,7 +152,7 @@ def test_bad_format_values(tiny_export, tmp_path, fmt):
     ids=["variants", "tokenizer", "decode_max_frames"],
 )
 def test_missing_manifest_keys_are_named(tiny_export, tmp_path, edit, key):
-    out = edited_copy(tiny_export, tmp_path, edit)
+    out = copy_with_manifest(tiny_export, tmp_path, edit)
     with pytest.raises(VqtoolError) as exc:
         read_manifest(out)
     assert key in str(exc.value) and "vqtool export RUN_DIR --force" in str(exc.value)
@@ -171,7 +161,7 @@ def test_missing_manifest_keys_are_named(tiny_export, tmp_path, edit, key):
 def test_missing_export_dir_and_graph_file(tiny_export, tmp_path):
     with pytest.raises(VqtoolError, match="does not exist"):
         read_manifest(tmp_path / "nope")
-    out = edited_copy(tiny_export, tmp_path, lambda m: None)
+    out = copy_with_manifest(tiny_export, tmp_path, lambda m: None)
     video_file = read_manifest(out)["variants"]["int8"]["video"]
     (out / video_file).unlink()
     with pytest.raises(VqtoolError) as exc:
