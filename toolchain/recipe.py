@@ -46,6 +46,10 @@ class DataSection(Section):
     msrvtt: a CLIP4Clip split file (MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv) or a split name of
             the official json (train | validate | test), captions from `annotations`;
     vatex: a VATEX json (videoID, enCap) of that split.
+
+    in_memory_gb: a split whose prepared pixels (float32 K x 3 x S x S per video) fit keeps them in
+    RAM; a larger one streams each batch from the frame cache (0: always stream), `workers` videos
+    at a time (0: one per CPU, up to 8).
     """
 
     format: Literal["jsonl", "csv", "msrvtt", "vatex"] = "jsonl"
@@ -55,6 +59,8 @@ class DataSection(Section):
     video_root: str | None = None
     cache: bool = True
     cache_dir: str | None = None
+    in_memory_gb: float = Field(8.0, ge=0, allow_inf_nan=False)
+    workers: int = Field(0, ge=0, le=256)
     synthesize_if_missing: bool = True
     synth_videos: int = Field(192, ge=1)
     synth_seed: int = 0

@@ -6,6 +6,8 @@ import json
 import math
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -132,16 +134,47 @@ def read_splits(recipe: Recipe, report: Reporter) -> dict:
 
 def load_data(recipe: Recipe, splits: dict, prepare, report: Reporter) -> tuple[ClipSet, ClipSet]:
     """Decode both splits through the frame cache and prepare their frames; prints the data-loading
-    benchmark line (clips/s, cache hits and misses) per split."""
+    benchmark line (clips/s, cache hits and misses) per split, and says when a split streams."""
     cache, out = frame_cache(recipe), []
     for which in ("train", "eval"):
         split = splits[which]
         with report.task(f"decoding {which} videos", None) as adv:
-            clips = load_clips(split, prepare, recipe.frames.decode_max_frames, cache, adv.progress)
+            clips = load_clips(split, prepare, recipe.frames.decode_max_frames, cache, adv.progress,
+                               recipe.data.in_memory_gb * 2**30, recipe.data.workers)
         report.skipped(clips.skipped[len(split.skipped):])
         report.say(load_line(which, clips))
+        if clips.streamed:
+            report.say(stream_line(which, clips, recipe.data))
         out.append(clips)
     return out[0], out[1]
+
+
+def stream_line(which: str, clips: ClipSet, data) -> str:
+    n, shape = len(clips.videos), clips.video_pixels.shape[1:]
+    gb = n * math.prod(shape) * 4 / 2**30
+    line = (f"data {which}: the prepared pixels ({n} x {'x'.join(map(str, shape))} float32, {gb:.1f} GB) exceed "
+            f"data.in_memory_gb ({data.in_memory_gb:g}): each batch is prepared again from the frame cache")
+    if not data.cache:
+        line += "; data.cache is false, so every batch decodes its videos again (slow): set data.cache: true"
+    return line
+
+
+def batches(clips: ClipSet, stream, dev):
+    """(pair indices, pixels, motion) per batch from an index stream. A streamed set prepares the
+    next batch in a background thread while the current one trains."""
+    def fetch(idx):
+        return idx, clips.pixels[idx].to(dev), clips.motion[idx].to(dev)
+
+    if not clips.streamed:
+        for idx in stream:
+            yield fetch(idx)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqtool-data") as pool:
+        pending = pool.submit(fetch, next(stream))
+        while True:
+            ready = pending.result()
+            pending = pool.submit(fetch, next(stream))
+            yield ready
 
 
 def allocate_ranks(recipe: Recipe, model: VideoCLIP, clips: ClipSet | None, ids, mask, report: Reporter) -> RankPlan:
@@ -157,14 +190,13 @@ def allocate_ranks(recipe: Recipe, model: VideoCLIP, clips: ClipSet | None, ids,
         stream = batch_stream(len(clips.captions), batch, recipe.train.seed)
         dev = ids.device
 
-        def batches():
-            for _ in range(a.ranks.calibration_batches):
-                idx = next(stream)
+        def calibration():
+            for _, (idx, pixels, motion) in zip(range(a.ranks.calibration_batches), batches(clips, stream, dev)):
                 caps = [clips.captions[i] for i in idx.tolist()]
-                yield model, clips.pixels[idx].to(dev), clips.motion[idx].to(dev), ids[idx], mask[idx], caps
+                yield model, pixels, motion, ids[idx], mask[idx], caps
 
         with report.task("layer importance (Fisher of the probe)", a.ranks.calibration_batches) as adv:
-            scores = fisher_scores(model, batches(), contrastive_loss, adv)
+            scores = fisher_scores(model, calibration(), contrastive_loss, adv)
     return plan_ranks(a, layers, temporal_extra(layers, a.temporal, recipe.frames.k), n_total - n_train, scores)
 
 
@@ -220,14 +252,15 @@ def train_loop(model: VideoCLIP, clips: ClipSet, ids, mask, cfg: TrainSection, w
     step_loss = procs.wrap(LossModule(model, contrastive_loss))
     dev, t0 = ids.device, time.perf_counter()
     model.train()
-    with open(work / "metrics.jsonl", "a") as log, report.task("fine-tuning", total) as advance:
+    with (open(work / "metrics.jsonl", "a") as log, report.task("fine-tuning", total) as advance,
+          closing(batches(clips, stream, dev)) as data):
         advance(start)
         for step in range(start + 1, total + 1):
             summed = torch.zeros((), device=dev)
             for _ in range(cfg.grad_accumulation):
-                idx = next(stream)
+                idx, pixels, motion = next(data)
                 caps = [clips.captions[i] for i in idx.tolist()]
-                loss = step_loss(clips.pixels[idx].to(dev), clips.motion[idx].to(dev), ids[idx], mask[idx], caps)
+                loss = step_loss(pixels, motion, ids[idx], mask[idx], caps)
                 procs.backward(loss / cfg.grad_accumulation)
                 summed += loss.detach() / cfg.grad_accumulation
             loss = procs.mean(summed)
@@ -301,7 +334,7 @@ def train_and_evaluate(recipe: Recipe, work: Path, report: Reporter, procs: Proc
     splits = read_splits(recipe, report)  # a data mistake fails before the model loads
     info, device = model_info(recipe), procs.device or pick_device()
     model = build_trainable(recipe, info, device)
-    train, evalset = load_data(recipe, splits, model.prepare_frames, report)
+    train, evalset = load_data(recipe, splits, model.preparer(), report)
     skipped = train.skipped + evalset.skipped
     tr_ids, tr_mask = tokenize(info, train.captions, device)
     ev_ids, ev_mask = tokenize(info, evalset.captions, device)
@@ -408,7 +441,7 @@ def plan_recipe(recipe: Recipe, report: Reporter) -> RankPlan:
         return allocate_ranks(recipe, model, None, None, None, report)
     split = read_splits(recipe, report)["train"]
     with report.task("decoding train videos", None) as adv:
-        train = load_clips(split, model.prepare_frames, recipe.frames.decode_max_frames, frame_cache(recipe),
-                           adv.progress)
+        train = load_clips(split, model.preparer(), recipe.frames.decode_max_frames, frame_cache(recipe),
+                           adv.progress, recipe.data.in_memory_gb * 2**30, recipe.data.workers)
     ids, mask = tokenize(info, train.captions, device)
     return allocate_ranks(recipe, model, train, ids, mask, report)

@@ -3,11 +3,18 @@
 A split is (video, caption) pairs; a video with several captions is decoded and preprocessed once.
 Training indexes pairs (`clips.pixels[pair_idx]` gathers each pair's video), evaluation uses the
 videos and captions apart with `video_of` mapping each caption to its video.
+
+Prepared pixels are float32 [K,3,S,S] per video: 7 MB at K=12, S=224, so MSR-VTT's 9k training
+videos would need ~65 GB. A split whose pixels fit in `memory_bytes` keeps them in RAM; a larger
+one keeps only the frame indices and motion, and `StreamedPixels` prepares each batch's videos again
+from the frame cache (filled by the first pass), the same way, so the pixels are identical.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,10 +27,53 @@ from toolchain.errors import DataError, VideoReadError
 from toolchain.recipe import DataSection
 
 
+Prepare = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+class StreamedPixels:
+    """Per-video prepared pixels made on demand: decode (through the cache) and prepare each video,
+    `workers` videos at a time (decoding, npz reads and torch ops release the GIL).
+
+    Indexes like the tensor it stands for (an int, a slice, or a tensor/list of video indices).
+    """
+
+    def __init__(self, videos: list, prepare: Prepare, max_frames: int, cache: FrameCache, shape: tuple,
+                 workers: int = 0):
+        self.videos, self.prepare, self.max_frames, self.cache = videos, prepare, max_frames, cache
+        self.shape = (len(videos), *shape)
+        self.workers = workers or min(8, os.cpu_count() or 1)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, int):
+            return self.one(idx)
+        rows = range(len(self.videos))[idx] if isinstance(idx, slice) else torch.as_tensor(idx).tolist()
+        out = torch.empty(len(rows), *self.shape[1:])
+
+        def fill(j: int) -> None:
+            out[j] = self.one(rows[j])
+
+        with ThreadPoolExecutor(max_workers=min(self.workers, max(1, len(rows)))) as pool:
+            list(pool.map(fill, range(len(rows))))
+        return out
+
+    def one(self, i: int) -> torch.Tensor:
+        video = self.videos[i]
+        try:
+            frames = torch.from_numpy(self.cache.decode(video, self.max_frames))
+        except VideoReadError as exc:
+            raise DataError(f"{video} was readable when the split was loaded but not now ({exc.reason}); "
+                            "was it changed or removed during the run?") from exc
+        with torch.no_grad():
+            return self.prepare(frames.unsqueeze(0))[0][0]
+
+
 class PairView:
     """Per-pair view of a per-video tensor: view[i] is the tensor row of pair i's video."""
 
-    def __init__(self, per_video: torch.Tensor, video_of: torch.Tensor):
+    def __init__(self, per_video, video_of: torch.Tensor):
         self.per_video, self.video_of = per_video, video_of
 
     def __getitem__(self, idx):
@@ -39,9 +89,10 @@ class PairView:
 
 @dataclass
 class ClipSet:
-    """Per video: pixels [V,K,3,S,S], frame indices and motion [V,K], paths. Per pair: caption, video."""
+    """Per video: pixels [V,K,3,S,S] (a tensor, or StreamedPixels), frame indices and motion [V,K],
+    paths. Per pair: caption, video."""
 
-    video_pixels: torch.Tensor
+    video_pixels: torch.Tensor | StreamedPixels
     video_indices: torch.Tensor
     video_motion: torch.Tensor
     videos: list
@@ -49,6 +100,10 @@ class ClipSet:
     video_of: torch.Tensor
     skipped: list[tuple[str, str]] = field(default_factory=list)
     load: dict = field(default_factory=dict)  # seconds, cache hits/misses: the data-loading benchmark
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.video_pixels, StreamedPixels)
 
     @property
     def pixels(self) -> PairView:
@@ -73,14 +128,18 @@ def group_by_video(split: Split) -> tuple[list, list[list[str]]]:
 
 def load_clips(
     split: Split | Path | str,
-    prepare: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    prepare: Prepare,
     max_frames: int,
     cache: FrameCache | None = None,
     progress: Callable[[int, int], None] | None = None,
+    memory_bytes: float = float("inf"),
+    workers: int = 0,
 ) -> ClipSet:
     """`prepare` maps uint8 [1,N,H,W,3] to (pixels, indices, motion) — the model's own path.
 
-    `split`: a read split, or the path of a jsonl annotation file.
+    `split`: a read split, or the path of a jsonl annotation file. When every video's pixels
+    together would exceed `memory_bytes`, they are not kept: the set streams them (StreamedPixels,
+    preparing `workers` videos at a time; 0: up to 8, one per CPU).
     """
     if not isinstance(split, Split):
         split = read_jsonl(DataSection(format="jsonl"), str(split))
@@ -88,7 +147,7 @@ def load_clips(
     hits0, misses0, t0 = cache.hits, cache.misses, time.perf_counter()
     videos, caption_lists = group_by_video(split)
     pixels, indices, motion, kept, captions, video_of = [], [], [], [], [], []
-    skipped = list(split.skipped)
+    skipped, keep, shape = list(split.skipped), True, None
     for i, (video, caps) in enumerate(zip(videos, caption_lists)):
         try:
             frames = torch.from_numpy(cache.decode(video, max_frames))
@@ -97,7 +156,13 @@ def load_clips(
         else:
             with torch.no_grad():
                 pix, idx, mot = prepare(frames.unsqueeze(0))
-            pixels.append(pix[0]), indices.append(idx[0]), motion.append(mot[0])
+            shape = tuple(pix.shape[1:])
+            keep = keep and pix[0].nbytes * len(videos) <= memory_bytes
+            if keep:
+                pixels.append(pix[0])
+            else:
+                pixels.clear()  # the split is too large for RAM: stream it
+            indices.append(idx[0]), motion.append(mot[0])
             captions += caps
             video_of += [len(kept)] * len(caps)
             kept.append(video)
@@ -107,7 +172,8 @@ def load_clips(
         raise DataError(f"no readable video in {split.source} ({len(skipped)} skipped, first: {skipped[:1]})")
     load = {"videos": len(videos), "seconds": time.perf_counter() - t0,
             "cache_hits": cache.hits - hits0, "cache_misses": cache.misses - misses0}
-    return ClipSet(torch.stack(pixels), torch.stack(indices), torch.stack(motion), kept, captions,
+    store = torch.stack(pixels) if keep else StreamedPixels(kept, prepare, max_frames, cache, shape, workers)
+    return ClipSet(store, torch.stack(indices), torch.stack(motion), kept, captions,
                    torch.tensor(video_of, dtype=torch.int64), skipped, load)
 
 

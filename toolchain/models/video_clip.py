@@ -6,6 +6,9 @@ Families: `clip` and `dual-encoder` encode each frame with the image tower and p
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,13 +35,13 @@ class VideoCLIP(nn.Module):
 
     def prepare_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 [B,N,H,W,3] -> (pixels float [B,K,3,S,S], indices int64 [B,K], motion float [B,K] in [0,1])."""
-        check_frames(frames)
-        energy = motion_energy(frames)  # one integer score per frame: selects frames, feeds the gate
-        idx = select_indices(energy, self.k, self.selector)
-        pixels = preprocess_frames(gather_frames(frames, idx), self.image_size, self.mean, self.std,
-                                   self.resize_shortest, self.rescale, self.resample)
-        motion = gather_frames(energy, idx).to(torch.float32) / MOTION_SCALE
-        return pixels, idx, motion
+        return self.preparer()(frames)
+
+    def preparer(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """prepare_frames without a reference to the model (a data set may outlive the model)."""
+        return partial(prepare_frames, k=self.k, selector=self.selector, image_size=self.image_size,
+                       mean=self.mean, std=self.std, resize_shortest=self.resize_shortest,
+                       rescale=self.rescale, resample=self.resample)
 
     def encode_pixels(self, pixels: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
         b, k = pixels.shape[:2]
@@ -63,3 +66,14 @@ class VideoCLIP(nn.Module):
 
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.detach().float().exp().clamp(max=100.0)
+
+
+def prepare_frames(frames: torch.Tensor, k: int, selector: str, image_size: int, mean, std,
+                   resize_shortest: int | None, rescale: float, resample: str):
+    """Select K frames and preprocess them: the data path's half of VideoCLIP (see its method)."""
+    check_frames(frames)
+    energy = motion_energy(frames)  # one integer score per frame: selects frames, feeds the gate
+    idx = select_indices(energy, k, selector)
+    pixels = preprocess_frames(gather_frames(frames, idx), image_size, mean, std, resize_shortest, rescale, resample)
+    motion = gather_frames(energy, idx).to(torch.float32) / MOTION_SCALE
+    return pixels, idx, motion

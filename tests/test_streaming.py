@@ -1,0 +1,85 @@
+"""Splits too large for RAM stream their pixels per batch from the frame cache, with the same result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from toolchain.data.cache import FrameCache
+from toolchain.data.clips import StreamedPixels, load_clips
+from toolchain.errors import DataError
+from toolchain.progress import Reporter
+from toolchain.recipe import DataSection
+from toolchain.train import build_trainable, finetune, model_info, stream_line
+
+
+@pytest.fixture(scope="module")
+def model(tiny_recipe):
+    return build_trainable(tiny_recipe, model_info(tiny_recipe), "cpu")
+
+
+@pytest.fixture(scope="module")
+def prepare(model):
+    return model.preparer()
+
+
+def test_preparer_holds_no_model_and_matches_the_method(model):
+    prep = model.preparer()
+    assert all(not isinstance(v, torch.nn.Module) for v in prep.keywords.values())
+    frames = torch.randint(0, 256, (1, 9, 40, 56, 3), dtype=torch.uint8)
+    for a, b in zip(prep(frames), model.prepare_frames(frames)):
+        assert torch.equal(a, b)
+
+
+def test_a_split_over_the_memory_budget_streams_the_same_pixels(shapes_data, prepare, tmp_path):
+    cache = FrameCache(tmp_path / "cache")
+    kept = load_clips(shapes_data / "eval.jsonl", prepare, 64, cache)
+    per_video = kept.video_pixels[0].nbytes
+    streamed = load_clips(shapes_data / "eval.jsonl", prepare, 64, cache, memory_bytes=per_video * 47)
+    assert not kept.streamed and streamed.streamed and isinstance(streamed.video_pixels, StreamedPixels)
+    assert streamed.video_pixels.shape == kept.video_pixels.shape == (48, *kept.video_pixels.shape[1:])
+    assert torch.equal(streamed.video_indices, kept.video_indices)
+    assert torch.equal(streamed.video_motion, kept.video_motion)
+    hits = cache.hits
+    for idx in (slice(3, 9), torch.tensor([5, 0, 47]), [2, 2], 7):
+        assert torch.equal(streamed.video_pixels[idx], kept.video_pixels[idx])
+    pairs = torch.tensor([1, 40, 3])
+    assert torch.equal(streamed.pixels[pairs], kept.pixels[pairs])
+    assert cache.hits - hits == 6 + 3 + 2 + 1 + 3  # every streamed video comes from the cache, none decoded
+
+
+def test_a_video_gone_after_loading_is_a_clear_error(shapes_data, prepare, tmp_path):
+    import shutil
+
+    root = tmp_path / "shapes"
+    shutil.copytree(shapes_data, root)
+    clips = load_clips(root / "eval.jsonl", prepare, 64, FrameCache(None), memory_bytes=0)
+    clips.videos[1].unlink()
+    with pytest.raises(DataError, match=f"{clips.videos[1].name} was readable when the split was loaded"):
+        clips.video_pixels[0:2]
+
+
+def test_stream_line_names_the_key_and_warns_without_cache(shapes_data, prepare):
+    clips = load_clips(shapes_data / "eval.jsonl", prepare, 64, memory_bytes=0)
+    line = stream_line("train", clips, DataSection(in_memory_gb=0))
+    assert "data.in_memory_gb (0)" in line and "48 x " in line and "data.cache" not in line
+    assert "set data.cache: true" in stream_line("train", clips, DataSection(in_memory_gb=0, cache=False))
+
+
+@pytest.mark.slow
+def test_streamed_finetune_trains_the_same_adapter(tiny_recipe, tiny_run, tmp_path):
+    recipe = tiny_recipe.model_copy(update={"data": tiny_recipe.data.model_copy(update={"in_memory_gb": 0.0})})
+    run = tmp_path / "streamed"
+    finetune(recipe, run, False, Reporter(quiet=True))
+    ours, theirs = (load_file(str(r / "adapter" / "adapter_model.safetensors")) for r in (run, tiny_run))
+    assert ours.keys() == theirs.keys()
+    moved = 0
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6)
+        moved += int(ours[name].abs().sum() > 0)
+    assert moved > 0
+    tuned = [json.loads((r / "eval.json").read_text())["finetuned"] for r in (run, tiny_run)]
+    assert tuned[0] == tuned[1]
