@@ -83,3 +83,51 @@ def test_streamed_finetune_trains_the_same_adapter(tiny_recipe, tiny_run, tmp_pa
     assert moved > 0
     tuned = [json.loads((r / "eval.json").read_text())["finetuned"] for r in (run, tiny_run)]
     assert tuned[0] == tuned[1]
+
+
+RSS_PROBE = """
+import json, sys
+from pathlib import Path
+from toolchain.bench.peak import status_kb
+from toolchain.data.cache import FrameCache
+from toolchain.data.clips import load_clips
+from toolchain.models.preprocess import CLIP_MEAN, CLIP_STD
+from toolchain.models.video_clip import prepare_frames
+from functools import partial
+
+prep = partial(prepare_frames, k=12, selector="uniform", image_size=224, mean=CLIP_MEAN, std=CLIP_STD,
+               resize_shortest=224, rescale=1 / 255, resample="bicubic")
+ann = Path(sys.argv[1])
+cache = FrameCache(ann.parent / "cache")
+for video in sorted(ann.parent.glob("v?.mp4")):
+    cache.decode(video, 32)  # fill the frame cache (the measured load reads it)
+load_clips(ann.with_name("one.jsonl"), prep, 32, cache, memory_bytes=0)  # first-use allocations
+before = status_kb("VmRSS")
+clips = load_clips(ann, prep, 32, cache, memory_bytes=0)
+print(json.dumps({"grew_kb": status_kb("VmRSS") - before, "videos": len(clips.videos)}))
+"""
+
+
+def test_streaming_load_memory_does_not_grow_with_the_split(tmp_path):
+    """Loading a streamed split keeps only indices and motion: RSS must not grow per video (it did by
+    ~5 MB per 224 px video when per-video tensors were kept alive between the big buffers)."""
+    import numpy as np
+    import subprocess
+    import sys
+
+    from toolchain.data.synth import write_video
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        write_video(tmp_path / f"v{i}.mp4", rng.integers(0, 255, (32, 240, 320, 3), dtype=np.uint8))
+        for copy in range(10):  # other names of the same file: distinct videos to the loader
+            (tmp_path / f"v{i}_{copy}.mp4").symlink_to(f"v{i}.mp4")
+            rows.append(json.dumps({"video": f"v{i}_{copy}.mp4", "caption": f"clip {i} copy {copy}"}))
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    (tmp_path / "one.jsonl").write_text(json.dumps({"video": "v0.mp4", "caption": "one"}) + "\n")
+    out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(tmp_path / "train.jsonl")], check=True,
+                         capture_output=True, text=True).stdout
+    probe = json.loads(out.strip().splitlines()[-1])
+    assert probe["videos"] == 60
+    assert probe["grew_kb"] < 60 * 1024, probe  # < 1 MB per video; each video's pixels are 7.2 MB
