@@ -33,18 +33,36 @@ def sha256(path: Path) -> str:
 
 def parity_inputs(recipe, info, limit: int | None = None) -> ParityInputs:
     """The eval split's videos, each with its first caption (so text i describes video i)."""
+    return split_inputs(recipe, info, "eval", limit)
+
+
+def split_inputs(recipe, info, which: str, limit: int | None = None, spread: bool = False) -> ParityInputs:
+    """Readable videos of a split with their first captions: the first `limit`, or with `spread`,
+    `limit` of them evenly spaced over the split."""
     clips, captions = [], []
-    videos, caption_lists = group_by_video(read_split(recipe.data, "eval"))
-    for video, caps in list(zip(videos, caption_lists))[:limit]:
+    pairs = list(zip(*group_by_video(read_split(recipe.data, which))))
+    if spread and limit is not None and len(pairs) > limit:
+        pairs = [pairs[round(i * (len(pairs) - 1) / max(1, limit - 1))] for i in range(limit)]
+    for video, caps in pairs[:limit]:
         try:
             clips.append(decode_video(video, recipe.frames.decode_max_frames))
             captions.append(caps[0])
         except VideoReadError:
             continue
     if not clips:
-        raise DataError(f"no readable eval video in {recipe.data.eval}; parity needs some")
+        raise DataError(f"no readable {which} video in {getattr(recipe.data, which)}; the export needs some")
     ids, mask = encode_texts(load_tokenizer(info.tokenizer, info.max_text_len), captions)
     return ParityInputs(clips, ids, mask)
+
+
+def calibration_inputs(recipe, info, inputs: ParityInputs, report) -> tuple[ParityInputs, str]:
+    """int8-static calibrates on training clips, so the parity check runs on clips it has not seen;
+    the eval clips only if the training split cannot be read any more (said, and recorded)."""
+    try:
+        return split_inputs(recipe, info, "train", recipe.export.calibration_clips, spread=True), "train"
+    except VqtoolError as exc:
+        report.warn(f"int8-static calibrates on eval clips (the parity set): the training split is not readable ({exc})")
+        return inputs, "eval"
 
 
 def graph_metadata(recipe, info) -> dict:
@@ -111,7 +129,7 @@ def export_run(run_dir: Path, out_dir: Path, force: bool, variants: list[str] | 
         fp32 = write_fp32_graphs(tmp, merged, recipe, info, report)
         inputs = parity_inputs(recipe, info)
         refs = {"vs_trained": torch_outputs(trained, inputs), "vs_merged": torch_outputs(merged, inputs)}
-        files, results = build_and_check_all(tmp, fp32, variants, refs, inputs, recipe, report)
+        files, results = build_and_check_all(tmp, fp32, variants, refs, inputs, recipe, info, report)
         torch_latency = add_latency(tmp, files, results, trained, merged, inputs, recipe, report)
         parity = parity_report(results, torch_latency, refs, inputs, recipe)
         rundir.write_json(tmp / "manifest.json", manifest(recipe, info, run_dir, files, parity.pop("dim"), temporal))
@@ -137,13 +155,13 @@ def write_fp32_graphs(tmp: Path, merged, recipe, info, report) -> dict[str, Path
 
 
 def calibration_feeds(inputs: ParityInputs, n: int) -> dict[str, list[dict]]:
-    """Raw uint8 eval clips (through the fused selector) and their captions, one feed per clip."""
+    """Raw uint8 clips (through the fused selector) and their captions, one feed per clip."""
     return {"video": [{"frames": c[None]} for c in inputs.clips[:n]],
             "text": [{"input_ids": inputs.ids[i:i + 1], "attention_mask": inputs.mask[i:i + 1]}
                      for i in range(min(n, len(inputs.ids)))]}
 
 
-def variant_settings(variant: str, recipe, calibration: int) -> list[dict]:
+def variant_settings(variant: str, recipe, calibration: int, calibration_split: str = "train") -> list[dict]:
     """The settings to try for a variant, in order; only int4's `accuracy_level: auto` has more than one."""
     if variant == "int4":
         cfg = recipe.export.int4
@@ -151,6 +169,7 @@ def variant_settings(variant: str, recipe, calibration: int) -> list[dict]:
         return [{"block_size": cfg.block_size, "symmetric": cfg.symmetric, "accuracy_level": lv} for lv in levels]
     if variant == "int8-static":
         return [{"format": "QDQ", "calibration": "MinMax", "calibration_clips": calibration,
+                 "calibration_split": calibration_split,
                  "activations": "int8 symmetric", "op_types": list(STATIC_OP_TYPES), "per_channel": True}]
     if variant == "int8":
         opt = Int8Options()
@@ -184,10 +203,11 @@ def check_files(tmp: Path, files: dict, variant: str, refs: dict, inputs: Parity
             "passed": not failures, "failures": failures, **result.pop("vs_trained"), **result}
 
 
-def build_and_check(tmp: Path, fp32: dict, variant: str, refs: dict, inputs: ParityInputs, recipe, feeds) -> tuple:
+def build_and_check(tmp: Path, fp32: dict, variant: str, refs: dict, inputs: ParityInputs, recipe, feeds,
+                    calibration_split: str = "train") -> tuple:
     """Build the variant with each candidate setting until one passes its gate (or none is left)."""
     tried = []
-    for setting in variant_settings(variant, recipe, len(feeds["video"])):
+    for setting in variant_settings(variant, recipe, len(feeds["video"]), calibration_split):
         files = build_one(tmp, fp32, variant, setting, feeds)
         result = check_files(tmp, files, variant, refs, inputs, recipe)
         tried.append({**setting, "passed": result["passed"], "failures": result["failures"]})
@@ -199,12 +219,15 @@ def build_and_check(tmp: Path, fp32: dict, variant: str, refs: dict, inputs: Par
     return files, result
 
 
-def build_and_check_all(tmp: Path, fp32: dict, variants, refs, inputs, recipe, report) -> tuple[dict, dict]:
-    feeds = calibration_feeds(inputs, recipe.export.calibration_clips)
+def build_and_check_all(tmp: Path, fp32: dict, variants, refs, inputs, recipe, info, report) -> tuple[dict, dict]:
+    calibration, split = inputs, "eval"
+    if "int8-static" in variants:
+        calibration, split = calibration_inputs(recipe, info, inputs, report)
+    feeds = calibration_feeds(calibration, recipe.export.calibration_clips)
     files, results = {}, {}
     with report.task("building and checking variants", len(variants)) as step:
         for v in variants:
-            files[v], results[v] = build_and_check(tmp, fp32, v, refs, inputs, recipe, feeds)
+            files[v], results[v] = build_and_check(tmp, fp32, v, refs, inputs, recipe, feeds, split)
             step(1, f"{v}: {'pass' if results[v]['passed'] else 'FAIL'}")
     return files, results
 

@@ -137,7 +137,7 @@ def quantize_int8_static(src: Path, dst: Path, calibration: list[dict]) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if not calibration:
-        raise VqtoolError("int8-static needs calibration clips (export.calibration_clips >= 1 readable eval videos)")
+        raise VqtoolError("int8-static needs calibration clips (export.calibration_clips >= 1 readable videos)")
 
     def write(out: Path) -> None:
         quantize_static(

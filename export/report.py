@@ -51,7 +51,8 @@ def notes(report: dict) -> list[str]:
             out.append(f"- int4: MatMulNBits block {s['block_size']}, {'symmetric' if s['symmetric'] else 'asymmetric'}, "
                        f"accuracy level {s['accuracy_level']}" + (f" (tried: {tried})" if tried else ""))
         if name == "int8-static":
-            out.append(f"- int8-static: QDQ, MinMax calibration on {v['settings']['calibration_clips']} eval clips "
+            split = v["settings"].get("calibration_split", "eval")
+            out.append(f"- int8-static: QDQ, MinMax calibration on {v['settings']['calibration_clips']} {split} clips "
                        "(raw frames through the fused selector)")
         if name == "fp16":
             out.append(f"- {FP16_NOTE}")

@@ -57,6 +57,29 @@ def test_every_variant_exports_and_passes_against_both_references(all_variants):
     assert sizes["fp16"] < 0.7 * sizes["fp32"]
 
 
+def test_int8_static_calibrates_on_training_clips_not_the_parity_set(all_variants):
+    out, parity = all_variants
+    settings = parity["variants"]["int8-static"]["settings"]
+    assert settings["calibration_split"] == "train" and settings["calibration_clips"] == 12  # the tiny train split
+    assert "MinMax calibration on 12 train clips" in (out / "parity.md").read_text()
+
+
+def test_calibration_clips_are_spread_over_the_split_and_fall_back_to_eval(merged, tiny_recipe):
+    from toolchain.data.clips import group_by_video
+    from toolchain.data.formats import read_split
+
+    info = merged[3]
+    videos, captions = group_by_video(read_split(tiny_recipe.data, "eval"))
+    picked = pipeline.split_inputs(tiny_recipe, info, "eval", 4, spread=True)
+    want = [captions[i][0] for i in (0, 16, 31, 47)]
+    ids, _ = encode_texts(load_tokenizer(info.tokenizer, info.max_text_len), want)
+    assert len(picked.clips) == 4 and np.array_equal(picked.ids, ids)
+    moved = tiny_recipe.model_copy(update={"data": tiny_recipe.data.model_copy(
+        update={"train": str(tiny_recipe.data.train) + ".moved", "synthesize_if_missing": False})})
+    inputs = pipeline.parity_inputs(moved, info, 2)
+    assert pipeline.calibration_inputs(moved, info, inputs, Reporter(quiet=True)) == (inputs, "eval")
+
+
 def test_variant_graphs_are_what_their_names_say(all_variants):
     out, _ = all_variants
     fp32, fp16 = onnx.load(str(out / "video_encoder.onnx")), onnx.load(str(out / "video_encoder.fp16.onnx"))
