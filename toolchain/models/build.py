@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import RecipeError
+from toolchain.heap import release_free_heap
 from toolchain.models.preprocess import CLIP_MEAN, CLIP_STD, RESAMPLE
 from toolchain.models.tiny import BUILTIN_DIR, BUILTIN_NAME, MAX_TEXT_LEN
 
@@ -136,6 +137,7 @@ def load_base(info: BaseInfo, quantization_config=None, device: str = "cpu"):
         return cls.from_pretrained(info.path).to(device)
     model = cls.from_pretrained(info.path, quantization_config=quantization_config, device_map=device)
     release_checkpoint_map(model)
+    release_free_heap()  # the fp32 copies quantization read and dropped
     return model
 
 
@@ -147,6 +149,7 @@ def load_clip(path: str, quantization_config=None, device: str = "cpu"):
         return CLIPModel.from_pretrained(path).to(device)
     model = CLIPModel.from_pretrained(path, quantization_config=quantization_config, device_map=device)
     release_checkpoint_map(model)
+    release_free_heap()  # the fp32 copies quantization read and dropped
     return model
 
 
