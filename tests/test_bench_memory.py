@@ -82,3 +82,17 @@ def test_live_tensor_peak_counts_what_is_alive_not_what_was_freed():
     assert mode.now == pytest.approx(3 * mib, rel=0.01)  # a, c and c.grad are still alive
     del a, c
     assert mode.now == pytest.approx(0, abs=1024)
+
+
+def test_memory_markdown_names_the_allocator_environment(monkeypatch):
+    """MALLOC_MMAP_THRESHOLD_ moves peak RSS by hundreds of MB, so a table must say when it was set."""
+    from toolchain.bench.memory import malloc_env, markdown
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    row = {"peak_mb": 1.0, "live_peak_mb": 1.0, "baseline_mb": 1.0, "step_delta_mb": 0.0, "peak_above_floor_mb": 1.0,
+           "weight_mb": 1.0, "optimizer_mb": 0.0, "trainable_params": 1, "trainable_pct": 1.0, "step_s": 1.0,
+           "peak_kind": "peak RSS (VmHWM) since reset", "malloc_env": malloc_env()}
+    result = {"arch": "tiny", "frames": 2, "batch": 2, "rank": 8, "steps": 1, "methods": {"qlora": row}, "ratios": {}}
+    assert "glibc allocator environment: MALLOC_MMAP_THRESHOLD_=131072" in markdown(result)
+    row["malloc_env"] = {}
+    assert "allocator" not in markdown(result)

@@ -164,7 +164,13 @@ def measure(method: str, checkpoint: str, k: int, batch: int, steps: int, rank: 
         "trainable_params": trainable, "base_params": base, "trainable_pct": round(100 * trainable / base, 4),
         "step_s": round(statistics.median(times[1:]), 4), "warmup_step_s": round(times[0], 4),
         "steps": steps, "threads": torch.get_num_threads(), "grad_checkpointing": recompute,
+        "malloc_env": malloc_env(),
     }
+
+
+def malloc_env() -> dict:
+    """glibc allocator settings in effect (MALLOC_MMAP_THRESHOLD_ and co.): they change peak RSS a lot."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}
 
 
 def child_main(argv: list[str] | None = None) -> None:
@@ -255,6 +261,10 @@ def markdown(result: dict) -> str:
     kinds = {r["peak_kind"] for r in result["methods"].values() if "peak_kind" in r}
     lines += ["", f"peak = {', '.join(sorted(kinds))} over the warm-up and measured steps; ratios: "
               + ", ".join(f"{k} {v}" for k, v in result["ratios"].items())]
+    settings = sorted({" ".join(f"{k}={v}" for k, v in r.get("malloc_env", {}).items())
+                       for r in result["methods"].values()} - {""})
+    if settings:
+        lines += ["", f"glibc allocator environment: {'; '.join(settings)}"]
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from toolchain.heap import release_free_heap
+
 STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 MB = 1024 * 1024
 
@@ -23,22 +25,6 @@ def status_kb(field: str) -> int | None:
     except OSError:
         return None
     return None
-
-
-def release_free_heap() -> None:
-    """Hand memory that is already freed (e.g. fp32 weights dropped after quantizing) back to the OS.
-
-    glibc keeps freed heap pages mapped, so without this they would stay in RSS and inflate every
-    later number; it changes nothing that is still in use.
-    """
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def reset_peak(device: str) -> bool:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import RecipeError
+from toolchain.heap import release_free_heap
 from toolchain.models.preprocess import CLIP_MEAN, CLIP_STD, RESAMPLE
 from toolchain.models.tiny import BUILTIN_DIR, BUILTIN_NAME, MAX_TEXT_LEN
 
@@ -134,7 +135,10 @@ def load_base(info: BaseInfo, quantization_config=None, device: str = "cpu"):
     cls = base_class(info.family)
     if quantization_config is None:
         return cls.from_pretrained(info.path).to(device)
-    return cls.from_pretrained(info.path, quantization_config=quantization_config, device_map=device)
+    model = cls.from_pretrained(info.path, quantization_config=quantization_config, device_map=device)
+    release_checkpoint_map(model)
+    release_free_heap()  # the fp32 copies quantization read and dropped
+    return model
 
 
 def load_clip(path: str, quantization_config=None, device: str = "cpu"):
@@ -143,4 +147,28 @@ def load_clip(path: str, quantization_config=None, device: str = "cpu"):
 
     if quantization_config is None:
         return CLIPModel.from_pretrained(path).to(device)
-    return CLIPModel.from_pretrained(path, quantization_config=quantization_config, device_map=device)
+    model = CLIPModel.from_pretrained(path, quantization_config=quantization_config, device_map=device)
+    release_checkpoint_map(model)
+    release_free_heap()  # the fp32 copies quantization read and dropped
+    return model
+
+
+def is_quantized(t) -> bool:
+    """A bitsandbytes weight (4-bit keeps a quant_state, LLM.int8 an SCB); it owns its memory already."""
+    return getattr(t, "quant_state", None) is not None or getattr(t, "SCB", None) is not None
+
+
+def release_checkpoint_map(model) -> int:
+    """Copy the CPU tensors that were not quantized out of the checkpoint's memory map; returns bytes copied.
+
+    transformers leaves them as views of the mmapped .safetensors file, which keeps the whole map
+    alive, including the fp32 pages of every weight that was quantized: read once, never again, yet
+    resident in the process (~570 MB for ViT-B/32). Owning the small rest (embeddings, norms,
+    biases) lets the map close. Parameter objects stay the same, so ties and references hold.
+    """
+    copied = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.device.type == "cpu" and not is_quantized(t):
+            t.data = t.data.clone()
+            copied += t.numel() * t.element_size()
+    return copied
