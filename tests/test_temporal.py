@@ -123,6 +123,26 @@ def test_save_and_load_round_trip(info, tmp_path, gate):
     assert torch.allclose(video_embed(fresh, frames), video_embed(trained, frames), atol=1e-5)
 
 
+@pytest.mark.parametrize("gate,parts", [("motion", {"conv", "motion"}), ("position", {"conv", "position"}),
+                                        ("both", {"conv", "motion", "position"}), ("none", {"conv"})])
+def test_each_gate_creates_only_the_parameters_it_trains(info, gate, parts):
+    """No trainable parameter outside the loss: every temporal parameter gets a gradient."""
+    from toolchain.adapters.ranks import temporal_extra
+    from toolchain.adapters.groups import linear_layers
+
+    cfg = TemporalSection(enabled=True, gate=gate)
+    model = lora_model(info, "none")
+    names = attach_temporal(model.clip, cfg, K, model.temporal)
+    params = {n: p for n, p in model.named_parameters() if "temporal_params" in n}
+    assert {n.rsplit(".", 1)[1] for n in params} == parts
+    motion = torch.rand(2, K)
+    model.encode_pixels(torch.randn(2, K, 3, info.image_size, info.image_size), motion).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params.values()), gate
+    rank = AdaptersSection().rank  # every layer has the recipe's rank here
+    extra = temporal_extra(linear_layers(model.clip, "all-linear"), cfg, K)  # what rank budgets count
+    assert len(extra) == len(names) and sum(extra.values()) * rank == sum(p.numel() for p in params.values())
+
+
 def test_missing_temporal_file_is_a_clear_error(info, tmp_path):
     model = lora_model(info, "none")
     with pytest.raises(VqtoolError, match="temporal.safetensors"):

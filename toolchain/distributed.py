@@ -84,7 +84,7 @@ def current() -> Processes:
         return Processes()
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    # Some recipes leave trainable parameters out of the loss (e.g. the position gate with gate=motion).
+    # A recipe may leave trainable parameters out of the loss (e.g. LoRA on a module the video-text path skips).
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     return Processes(Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp]))
 

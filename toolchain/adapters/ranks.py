@@ -224,12 +224,14 @@ def budget_hint(plan: RankPlan, cfg: RanksSection) -> str:
 
 
 def temporal_extra(layers: list[LinearLayer], temporal, k: int) -> dict[str, int]:
-    """Parameters per unit of rank that a temporal branch adds: conv taps, motion gate, K positions."""
-    from toolchain.adapters.temporal import vision_layer_index
+    """Parameters per unit of rank that a temporal branch adds: conv taps, and the gate's own
+    parameters (motion: 1, position: K)."""
+    from toolchain.adapters.temporal import gate_parts, vision_layer_index
 
     if not temporal.enabled:
         return {}
-    per = temporal.kernel + 1 + k
+    parts = gate_parts(temporal.gate)
+    per = temporal.kernel + ("motion" in parts) + k * ("position" in parts)
     out = {}
     for x in layers:
         idx = vision_layer_index(x.name + ".")

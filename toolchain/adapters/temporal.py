@@ -43,14 +43,20 @@ class TemporalContext:
     active: bool = field(default=False)
 
 
-def init_temporal_params(rank: int, kernel: int, k: int) -> nn.ParameterDict:
+def gate_parts(gate: str) -> tuple[str, ...]:
+    """The gate parameters a gate mode uses (only those are created, trained and counted)."""
+    return {"motion": ("motion",), "position": ("position",), "both": ("motion", "position")}.get(gate, ())
+
+
+def init_temporal_params(rank: int, kernel: int, k: int, gate: str = "both") -> nn.ParameterDict:
     conv = torch.zeros(rank, kernel)
     conv[:, kernel // 2] = 1.0  # identity over time
-    return nn.ParameterDict({
-        "conv": nn.Parameter(conv),
-        "motion": nn.Parameter(torch.zeros(rank)),
-        "position": nn.Parameter(torch.zeros(k, rank)),
-    })
+    params = {"conv": nn.Parameter(conv)}
+    if "motion" in gate_parts(gate):
+        params["motion"] = nn.Parameter(torch.zeros(rank))
+    if "position" in gate_parts(gate):
+        params["position"] = nn.Parameter(torch.zeros(k, rank))
+    return nn.ParameterDict(params)
 
 
 def frame_gate(params: nn.ParameterDict, gate: str, ctx: TemporalContext) -> torch.Tensor | None:
@@ -138,7 +144,7 @@ def attach_temporal(model: nn.Module, cfg, k: int, ctx: TemporalContext, adapter
         module = model.get_submodule(name)
         rank = module.lora_A[adapter].out_features
         device = module.lora_A[adapter].weight.device
-        module.temporal_params = nn.ModuleDict({adapter: init_temporal_params(rank, cfg.kernel, k).to(device)})
+        module.temporal_params = nn.ModuleDict({adapter: init_temporal_params(rank, cfg.kernel, k, cfg.gate).to(device)})
         module.lora_variant[adapter] = TemporalLoraVariant(cfg.gate, ctx)
     return names
 
