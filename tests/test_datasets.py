@@ -3,10 +3,13 @@ cache, seek-based decoding and the multi-caption retrieval protocol."""
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import cli_env, vqtool_command
 from dataset_fixtures import FORMATS, data_settings, materialize
 from toolchain.data.cache import FrameCache
 from toolchain.data.clips import load_clips, load_line
@@ -181,3 +184,25 @@ def test_a_missing_eval_file_names_data_eval(tmp_path):
     data = DataSection(train=str(tmp_path / "train.jsonl"), eval=str(tmp_path / "missing.jsonl"))
     with pytest.raises(DataError, match=r"^data\.eval: annotation file .*missing\.jsonl not found; fix data\.eval"):
         read_split(data, "eval")
+
+
+def test_cache_command_counts_and_clears_only_its_own_files(tmp_path, run_cli):
+    video = tmp_path / "v.mp4"
+    write_video(video, np.random.default_rng(0).integers(0, 255, (8, 16, 24, 3), dtype=np.uint8))
+    folder = tmp_path / "cache"
+    cache = FrameCache(folder)
+    cache.decode(video, 4), cache.decode(video, 8)  # two budgets: two entries
+    (folder / "notes.txt").write_text("a user's file in the wrong place")
+    (folder / "ab").mkdir(exist_ok=True)
+    (folder / "ab" / "keep.npz").write_bytes(b"not a cache entry name")
+    size = sum(f.stat().st_size for f in folder.rglob("*.npz") if f.name != "keep.npz")
+
+    info = run_cli("data", "cache", folder)
+    assert info.returncode == 0 and "2 entries" in info.stdout, info.stdout + info.stderr
+    refused = subprocess.run([*vqtool_command(), "data", "cache", str(folder), "--clear"], input="n\n",
+                             capture_output=True, text=True, env=cli_env())
+    assert refused.returncode == 1 and len(list(folder.rglob("*.npz"))) == 3
+    cleared = run_cli("data", "cache", folder, "--clear", "--yes")
+    assert cleared.returncode == 0 and f"removed 2 entries, {size / 1e9:.2f} GB" in cleared.stdout
+    assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == ["keep.npz", "notes.txt"]
+    assert cache.decode(video, 4).shape[0] == 4 and cache.misses == 3  # decoded again, written again

@@ -20,7 +20,7 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 recipe_app = typer.Typer(help="Check and show recipes.", no_args_is_help=True)
-data_app = typer.Typer(help="Datasets: generate the synthetic shapes set.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: generate the synthetic shapes set; show or clear the frame cache.", no_args_is_help=True)
 base_app = typer.Typer(help="Base models: compose a dual encoder from two checkpoints.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(base_app, name="base")
@@ -228,6 +228,28 @@ def data_synth(
     with reporter().task("rendering videos", None) as t:
         summary = synthesize(out_dir, videos=videos, seed=seed, progress=t.progress)
     typer.echo(f"wrote {summary['train']} train and {summary['eval']} eval clips to {out_dir}")
+
+
+@data_app.command("cache")
+def data_cache(
+    folder: Annotated[Optional[Path], typer.Argument(
+        help="Cache folder (a recipe's data.cache_dir); default $VQTOOL_CACHE_DIR or ~/.cache/vqtool/frames.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the cached frames (only the cache's own files).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --clear.")] = False,
+):
+    """Show the decoded-frame cache's size, or clear it (a cleared video is decoded again when needed)."""
+    from toolchain.data.cache import cache_entries, clear_cache, default_cache_dir
+
+    folder = folder or default_cache_dir()
+    files = cache_entries(folder)
+    size = sum(f.stat().st_size for f in files)
+    typer.echo(f"frame cache {folder}: {len(files)} entries, {size / 1e9:.2f} GB")
+    if not clear or not files:
+        return
+    if not yes and not typer.confirm(f"remove {len(files)} cached entries ({size / 1e9:.2f} GB)?"):
+        raise typer.Exit(1)
+    n, freed = clear_cache(folder)
+    typer.echo(f"removed {n} entries, {freed / 1e9:.2f} GB")
 
 
 @base_app.command("dual-encoder")

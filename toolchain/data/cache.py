@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -86,3 +87,29 @@ def write_entry(entry: Path, frames: np.ndarray) -> None:
         pass  # a read-only or full cache folder only costs speed
     finally:
         tmp.unlink(missing_ok=True)
+
+
+ENTRY_NAME = re.compile(r"(\.tmp-[0-9a-f]{8}|[0-9a-f]{64})\.npz")
+
+
+def cache_entries(folder: Path) -> list[Path]:
+    """The cache's own files (KEY.npz under a 2-character folder, and leftover temp files); nothing
+    else in the folder is ever counted or removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(f for sub in folder.iterdir() if sub.is_dir() and re.fullmatch(r"[0-9a-f]{2}", sub.name)
+                  for f in sub.iterdir() if f.is_file() and ENTRY_NAME.fullmatch(f.name))
+
+
+def clear_cache(folder: Path) -> tuple[int, int]:
+    """Remove the cache's entries (and their emptied folders); returns (files, bytes) removed."""
+    files = cache_entries(folder)
+    size = 0
+    for f in files:
+        size += f.stat().st_size
+        f.unlink(missing_ok=True)
+    for sub in {f.parent for f in files}:
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    return len(files), size
