@@ -1,7 +1,8 @@
 """Cross-modality rank allocation: split a budget of adapter parameters over vision, text and fusion.
 
 A LoRA layer of rank r costs r·(in + out) parameters, plus r·(kernel + 1 + K) when it carries a
-temporal branch (conv taps, motion gate, position gate): every cost is linear in r, so a budget
+temporal branch (conv taps, and the gate's own: 1 for motion, K for position, both for `both`):
+every cost is linear in r, so a budget
 becomes real-valued ranks per layer, then integer ranks by largest remainder. Strategies:
 uniform (one rank), manual (a share of the budget per group), importance (ranks in proportion
 to each layer's measured sensitivity, see calibrate.py). The plan turns into PEFT's
