@@ -57,7 +57,7 @@ def measure(args) -> dict:
 
     from toolchain.data.cache import FrameCache
     from toolchain.data.clips import load_clips
-    from toolchain.train import batch_stream, batches
+    from toolchain.data.batches import batch_stream, batches
 
     cache = FrameCache(Path(args.cache))
     budget = float("inf") if args.mode == "memory" else 0.0

@@ -18,9 +18,10 @@ from toolchain.checkpoint import (
     CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, open_work_dir, recipe_differences,
     rewind_metrics, run_dir_of, save_checkpoint, work_dir,
 )
+from toolchain.data.batches import batch_stream
 from toolchain.errors import RecipeError
 from toolchain.recipe import validate_recipe
-from toolchain.train import batch_stream, lr_lambda
+from toolchain.train import lr_lambda
 
 
 def sets(*items: str) -> list[str]:

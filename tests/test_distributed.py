@@ -9,7 +9,7 @@ import torch
 
 from conftest import SHIPPED_RECIPE, TINY_OVERRIDES, data_overrides
 from toolchain.distributed import LossModule, Processes, parameters_digest, shard
-from toolchain.train import batch_stream
+from toolchain.data.batches import batch_stream
 
 
 def test_shards_are_disjoint_and_cover_the_stream():

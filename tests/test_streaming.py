@@ -13,7 +13,8 @@ from toolchain.data.clips import StreamedPixels, load_clips
 from toolchain.errors import DataError
 from toolchain.progress import Reporter
 from toolchain.recipe import DataSection
-from toolchain.train import build_trainable, finetune, model_info, stream_line
+from toolchain.data.batches import stream_line
+from toolchain.train import build_trainable, finetune, model_info
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 import math
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from toolchain.adapters.ranks import RankPlan, plan_ranks, plan_table, temporal_
 from toolchain.adapters.qlora import add_lora, bnb_config, keep_training_layout, trainable_parameters
 from toolchain.checkpoint import (check_processes, checkpoint_step, latest_checkpoint, load_checkpoint, open_work_dir,
                                   rewind_metrics, save_checkpoint)
+from toolchain.data.batches import batch_stream, batches, stream_line
 from toolchain.data.cache import FrameCache, default_cache_dir
 from toolchain.data.clips import ClipSet, caption_targets, load_clips, load_line
 from toolchain.data.formats import read_split, skip_summary
@@ -34,7 +34,7 @@ from toolchain.models.build import BaseInfo, base_info, load_base
 from toolchain.models.pooling import build_pooling, save_pooling
 from toolchain.models.video_clip import VideoCLIP
 from toolchain.progress import Reporter
-from toolchain.recipe import Recipe, TrainSection, dump_recipe
+from toolchain.recipe import Recipe, TrainSection
 
 
 def pick_device() -> str:
@@ -149,34 +149,6 @@ def load_data(recipe: Recipe, splits: dict, prepare, report: Reporter) -> tuple[
     return out[0], out[1]
 
 
-def stream_line(which: str, clips: ClipSet, data) -> str:
-    n, shape = len(clips.videos), clips.video_pixels.shape[1:]
-    gb = n * math.prod(shape) * 4 / 2**30
-    line = (f"data {which}: the prepared pixels ({n} x {'x'.join(map(str, shape))} float32, {gb:.1f} GB) exceed "
-            f"data.in_memory_gb ({data.in_memory_gb:g}): each batch is prepared again from the frame cache")
-    if not data.cache:
-        line += "; data.cache is false, so every batch decodes its videos again (slow): set data.cache: true"
-    return line
-
-
-def batches(clips: ClipSet, stream, dev):
-    """(pair indices, pixels, motion) per batch from an index stream. A streamed set prepares the
-    next batch in a background thread while the current one trains."""
-    def fetch(idx):
-        return idx, clips.pixels[idx].to(dev), clips.motion[idx].to(dev)
-
-    if not clips.streamed:
-        for idx in stream:
-            yield fetch(idx)
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqtool-data") as pool:
-        pending = pool.submit(fetch, next(stream))
-        while True:
-            ready = pending.result()
-            pending = pool.submit(fetch, next(stream))
-            yield ready
-
-
 def allocate_ranks(recipe: Recipe, model: VideoCLIP, clips: ClipSet | None, ids, mask, report: Reporter) -> RankPlan:
     """Split the adapter budget; `model` (uniform at adapters.rank) is the probe for importance."""
     a = recipe.adapters
@@ -211,23 +183,6 @@ def lr_lambda(warmup: int, total: int):
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     return factor
-
-
-def batch_stream(n: int, batch: int, seed: int, start: int = 0):
-    """Endless shuffled mini-batches of clip indices, reproducible from the seed.
-
-    `start` skips that many batches (a resumed run continues exactly where the data stream was).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    per_epoch = n // batch
-    skip_epochs, offset = divmod(start, per_epoch)
-    for _ in range(skip_epochs):
-        torch.randperm(n, generator=gen)
-    while True:
-        perm = torch.randperm(n, generator=gen)
-        for i in range(offset, per_epoch):
-            yield perm[i * batch : (i + 1) * batch]
-        offset = 0
 
 
 def contrastive_loss(model: VideoCLIP, pixels, motion, ids, mask, captions: list[str]) -> torch.Tensor:
