@@ -1,0 +1,145 @@
+"""`vqtool bench frames|memory|latency` and `vqtool ablate`: measured side by side in one run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from toolchain.cli_common import SetOpt, csv_list, err, reporter, require_train_extra
+from toolchain.errors import VqtoolError
+
+bench_app = typer.Typer(help="Benchmarks: measured side by side in one run, medians and ratios.", no_args_is_help=True)
+
+
+@bench_app.command("frames")
+def bench_frames(
+    recipe: Annotated[Path, typer.Argument(help="Recipe the accuracy runs start from.")] = Path("recipes/shapes-tiny.yaml"),
+    ks: Annotated[str, typer.Option(help="Frame budgets K, comma list.")] = "2,4,8,16",
+    selectors: Annotated[str, typer.Option(help="Selectors to compare.")] = "uniform,motion,motion-uniform",
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps per accuracy cell.")] = 200,
+    arch: Annotated[str, typer.Option(help="Architecture for latency: tiny or clip-vit-b32 (random weights).")] = "clip-vit-b32",
+    clip: Annotated[str, typer.Option(help="Latency input clip, FRAMESxHEIGHTxWIDTH.")] = "32x180x320",
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads.")] = 2,
+    runs: Annotated[int, typer.Option(help="Timed runs per graph (after warm-up); p50 reported.")] = 20,
+    accuracy: Annotated[bool, typer.Option(help="Run the accuracy grid (fine-tunes).")] = True,
+    latency: Annotated[bool, typer.Option(help="Run the latency part.")] = True,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the markdown tables and JSON here (DIR).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    set_: SetOpt = [],
+):
+    """Selectors × K: t2v R@1 after a short fine-tune; encoder latency vs K and selection's share of it."""
+    from toolchain.recipe import load_recipe
+
+    load_recipe(recipe, set_)  # a bad recipe fails before any work
+    require_train_extra()
+    from toolchain.bench.frames import accuracy_rows, latency_rows, markdown
+
+    k_list = [int(k) for k in csv_list(ks)]
+    shape = tuple(int(x) for x in clip.lower().split("x"))
+    report = reporter()
+    acc = accuracy_rows(str(recipe), list(set_), csv_list(selectors), k_list, steps, report) if accuracy else []
+    lat = latency_rows(arch, k_list, "motion", threads, runs, shape, report) if latency else []
+    table = markdown(acc, lat, shape, threads)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "frames.md").write_text(table)
+        (out / "frames.json").write_text(json.dumps({"accuracy": acc, "latency": lat}, indent=2) + "\n")
+    typer.echo(json.dumps({"accuracy": acc, "latency": lat}) if as_json else table)
+
+
+@bench_app.command("memory")
+def bench_memory(
+    arch: Annotated[str, typer.Option(help="tiny, or clip-vit-b32 (built from its config, random weights).")] = "clip-vit-b32",
+    frames: Annotated[int, typer.Option(help="Frames per clip (K).")] = 8,
+    batch: Annotated[int, typer.Option(help="Clips (and captions) per step.")] = 2,
+    steps: Annotated[int, typer.Option(help="Measured steps after one warm-up step; step_s is their median.")] = 3,
+    rank: Annotated[int, typer.Option(help="LoRA rank (all linear layers).")] = 8,
+    methods: Annotated[str, typer.Option(help="Comma list of full, lora, qlora, qlora-8bit.")] = "full,lora,qlora,qlora-8bit",
+    out: Annotated[Optional[Path], typer.Option(help="Also write memory.md and memory.json here (DIR).")] = None,
+    grad_checkpointing: Annotated[bool, typer.Option("--grad-checkpointing", help="Recompute activations in backward (every method), as QLoRA is run in practice.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+):
+    """Peak memory, weight memory, trainable parameters and step time of one training step per method."""
+    if frames < 1 or batch < 2 or steps < 1 or rank < 1:
+        raise VqtoolError("bench memory: need --frames >= 1, --batch >= 2 (contrastive), --steps >= 1, --rank >= 1")
+    from toolchain.bench.memory import check_methods, markdown, run_memory_bench
+
+    check_methods(csv_list(methods))  # before the heavy imports
+    require_train_extra()
+
+    result = run_memory_bench(arch, frames, batch, steps, rank, csv_list(methods), reporter(), grad_checkpointing)
+    table = markdown(result)
+    if out:
+        from toolchain.rundir import write_json, write_text
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "memory.md", table)
+        write_json(out / "memory.json", result)
+    typer.echo(json.dumps(result) if as_json else table)
+
+
+def ablate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe every cell starts from, e.g. recipes/shapes-tiny.yaml.")],
+    axes: Annotated[Optional[list[str]], typer.Argument(help="More AXIS=V1,V2 items (same as --grid).", show_default=False)] = None,
+    grid: Annotated[list[str], typer.Option("--grid", help="AXIS=V1,V2 with AXIS quant (nf4,fp4,int8,none), rank, "
+                                            "placement (qv,all-linear,vision,text) or frames; e.g. --grid quant=nf4,none rank=4,8.")] = [],
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps per cell.", min=1)] = 200,
+    out: Annotated[Optional[Path], typer.Option(help="Results dir (default: runs/ablate-NAME); re-running resumes it.")] = None,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Run nothing: rewrite results.md and the plots "
+                                              "from the grid's cells already in results.csv.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of the table.")] = False,
+    set_: SetOpt = [],
+):
+    """Short fine-tunes over a grid; results.csv, results.md and PNG plots; finished cells are not rerun."""
+    from toolchain.bench.ablate import parse_grid
+    from toolchain.recipe import load_recipe
+
+    cfg = load_recipe(recipe, set_)
+    parsed = parse_grid([*grid, *(axes or [])])  # bad recipes and grids fail before any work
+    require_train_extra()
+    from toolchain.bench.ablate import run_ablation
+
+    target = out or Path("runs") / f"ablate-{cfg.name}"
+    result = run_ablation(cfg, parsed, steps, target, reporter(), run=not report_only)
+    err.print(f"{result['ran']} cell(s) run, {result['done']} of {result['cells']} in results.csv, "
+              f"{len(result['failed'])} failed; results in {target}")
+    typer.echo(json.dumps(result) if as_json else (target / "results.md").read_text())
+    if result["failed"]:
+        raise VqtoolError("ablate: cell(s) failed (finished ones are kept in results.csv):\n"
+                          + "\n".join(f"  - {f}" for f in result["failed"]))
+
+
+@bench_app.command("latency")
+def bench_latency(
+    arch: Annotated[str, typer.Option(help="tiny, or clip-vit-b32 (the real architecture, random weights).")] = "clip-vit-b32",
+    frames: Annotated[int, typer.Option(help="Frames per clip (K = frames: every frame is encoded).")] = 8,
+    size: Annotated[int, typer.Option(help="Frame height and width in pixels.")] = 224,
+    threads: Annotated[int, typer.Option(help="Threads for PyTorch and ONNX Runtime alike.")] = 2,
+    runs: Annotated[int, typer.Option(help="Timed runs per candidate, interleaved, after warm-up.")] = 20,
+    variants: Annotated[str, typer.Option(help="Comma list of export variants besides fp32.")] = "fp16,int8,int8-static,int4",
+    exporter: Annotated[str, typer.Option(help="dynamo or torchscript.")] = "dynamo",
+    int8_sweep: Annotated[bool, typer.Option(help="Also time dynamic-int8 alternatives (per-tensor, reduce_range, ...).")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write latency.md and latency.json here (DIR).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """Video encoder latency of every export variant vs PyTorch eager fp32, with cosine and file size."""
+    require_train_extra()
+    from export.quantize import SUPPORTED
+    from toolchain.bench.latency import bench_video, markdown
+
+    chosen = [v for v in csv_list(variants) if v != "fp32"]
+    bad = [v for v in chosen if v not in SUPPORTED]
+    if bad:
+        raise VqtoolError(f"--variants: {', '.join(bad)} not known; choose from {', '.join(SUPPORTED)}")
+    if exporter not in ("dynamo", "torchscript"):
+        raise VqtoolError(f"--exporter {exporter!r} not known; choose dynamo or torchscript")
+    result = bench_video(arch, frames, size, threads, runs, chosen, exporter, int8_sweep, reporter())
+    table = markdown(result)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "latency.md").write_text(table)
+        (out / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(result) if as_json else table)
