@@ -132,3 +132,17 @@ def test_streaming_load_memory_does_not_grow_with_the_split(tmp_path):
     probe = json.loads(out.strip().splitlines()[-1])
     assert probe["videos"] == 60
     assert probe["grew_kb"] < 60 * 1024, probe  # < 1 MB per video; each video's pixels are 7.2 MB
+
+
+def test_batches_are_the_same_streamed_or_not_and_a_finite_stream_ends(shapes_data, prepare):
+    from toolchain.data.batches import batches
+
+    kept = load_clips(shapes_data / "eval.jsonl", prepare, 64)
+    streamed = load_clips(shapes_data / "eval.jsonl", prepare, 64, memory_bytes=0)
+    order = [torch.tensor([3, 1]), torch.tensor([0]), torch.tensor([47, 2, 5])]
+    a, b = list(batches(kept, iter(order), "cpu")), list(batches(streamed, iter(order), "cpu"))
+    assert len(a) == len(b) == 3
+    for (ia, pa, ma), (ib, pb, mb), want in zip(a, b, order):
+        assert torch.equal(ia, want) and torch.equal(ib, want)
+        assert torch.equal(pa, pb) and torch.equal(ma, mb) and pa.shape[0] == len(want)
+    assert list(batches(streamed, iter([]), "cpu")) == []

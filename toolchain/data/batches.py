@@ -39,11 +39,14 @@ def batches(clips: ClipSet, stream, dev):
             yield fetch(idx)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqtool-data") as pool:
-        pending = pool.submit(fetch, next(stream))
-        while True:
-            ready = pending.result()
-            pending = pool.submit(fetch, next(stream))
-            yield ready
+        pending = None
+        for idx in stream:
+            queued = pool.submit(fetch, idx)  # starts as soon as the one before it is done
+            if pending is not None:
+                yield pending.result()
+            pending = queued
+        if pending is not None:
+            yield pending.result()
 
 
 def stream_line(which: str, clips: ClipSet, data) -> str:
