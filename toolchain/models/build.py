@@ -132,22 +132,18 @@ def base_class(family: str):
 
 def load_base(info: BaseInfo, quantization_config=None, device: str = "cpu"):
     """Load the family's model in full precision, or with bitsandbytes-quantized linears."""
-    cls = base_class(info.family)
-    if quantization_config is None:
-        return cls.from_pretrained(info.path).to(device)
-    model = cls.from_pretrained(info.path, quantization_config=quantization_config, device_map=device)
-    release_checkpoint_map(model)
-    release_free_heap()  # the fp32 copies quantization read and dropped
-    return model
+    return load_pretrained(base_class(info.family), info.path, quantization_config, device)
 
 
 def load_clip(path: str, quantization_config=None, device: str = "cpu"):
     """Load a CLIPModel in full precision, or with bitsandbytes-quantized linears."""
-    from transformers import CLIPModel
+    return load_pretrained(base_class("clip"), path, quantization_config, device)
 
+
+def load_pretrained(cls, path: str, quantization_config, device: str):
     if quantization_config is None:
-        return CLIPModel.from_pretrained(path).to(device)
-    model = CLIPModel.from_pretrained(path, quantization_config=quantization_config, device_map=device)
+        return cls.from_pretrained(path).to(device)
+    model = cls.from_pretrained(path, quantization_config=quantization_config, device_map=device)
     release_checkpoint_map(model)
     release_free_heap()  # the fp32 copies quantization read and dropped
     return model
