@@ -14,6 +14,17 @@ from toolchain.errors import VqtoolError
 bench_app = typer.Typer(help="Benchmarks: measured side by side in one run, medians and ratios.", no_args_is_help=True)
 
 
+def write_outputs(out: Path | None, stem: str, table: str, data: dict) -> None:
+    """--out DIR: STEM.md and STEM.json, each written atomically."""
+    if out is None:
+        return
+    from toolchain.rundir import write_json, write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / f"{stem}.md", table)
+    write_json(out / f"{stem}.json", data)
+
+
 @bench_app.command("frames")
 def bench_frames(
     recipe: Annotated[Path, typer.Argument(help="Recipe the accuracy runs start from.")] = Path("recipes/shapes-tiny.yaml"),
@@ -43,10 +54,7 @@ def bench_frames(
     acc = accuracy_rows(str(recipe), list(set_), csv_list(selectors), k_list, steps, report) if accuracy else []
     lat = latency_rows(arch, k_list, "motion", threads, runs, shape, report) if latency else []
     table = markdown(acc, lat, shape, threads)
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "frames.md").write_text(table)
-        (out / "frames.json").write_text(json.dumps({"accuracy": acc, "latency": lat}, indent=2) + "\n")
+    write_outputs(out, "frames", table, {"accuracy": acc, "latency": lat})
     typer.echo(json.dumps({"accuracy": acc, "latency": lat}) if as_json else table)
 
 
@@ -72,12 +80,7 @@ def bench_memory(
 
     result = run_memory_bench(arch, frames, batch, steps, rank, csv_list(methods), reporter(), grad_checkpointing)
     table = markdown(result)
-    if out:
-        from toolchain.rundir import write_json, write_text
-
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "memory.md", table)
-        write_json(out / "memory.json", result)
+    write_outputs(out, "memory", table, result)
     typer.echo(json.dumps(result) if as_json else table)
 
 
@@ -138,8 +141,5 @@ def bench_latency(
         raise VqtoolError(f"--exporter {exporter!r} not known; choose dynamo or torchscript")
     result = bench_video(arch, frames, size, threads, runs, chosen, exporter, int8_sweep, reporter())
     table = markdown(result)
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "latency.md").write_text(table)
-        (out / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_outputs(out, "latency", table, result)
     typer.echo(json.dumps(result) if as_json else table)
