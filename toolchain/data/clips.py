@@ -47,9 +47,9 @@ class StreamedPixels:
         return len(self.videos)
 
     def __getitem__(self, idx) -> torch.Tensor:
-        if isinstance(idx, int):
-            return self.one(idx)
         rows = range(len(self.videos))[idx] if isinstance(idx, slice) else torch.as_tensor(idx).tolist()
+        if isinstance(rows, int):  # an int or a 0-d tensor (what PairView passes for one pair)
+            return self.one(rows)
         out = torch.empty(len(rows), *self.shape[1:])
 
         def fill(j: int) -> None:
