@@ -20,9 +20,9 @@ from toolchain.adapters.ranks import RankPlan, plan_ranks, plan_table, temporal_
 from toolchain.adapters.qlora import add_lora, bnb_config, keep_training_layout, trainable_parameters
 from toolchain.checkpoint import (check_processes, checkpoint_step, latest_checkpoint, load_checkpoint, open_work_dir,
                                   rewind_metrics, save_checkpoint)
-from toolchain.data.batches import batch_stream, batches, stream_line
+from toolchain.data.batches import batch_stream, batches
 from toolchain.data.cache import FrameCache, default_cache_dir
-from toolchain.data.clips import ClipSet, caption_targets, load_clips, load_line
+from toolchain.data.clips import ClipSet, caption_targets, load_clips, load_line, stream_line
 from toolchain.data.formats import read_split, skip_summary
 from toolchain.data.prepare import ensure_data
 from toolchain.data.synth import appearance

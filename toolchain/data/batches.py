@@ -3,7 +3,6 @@ prepares the next batch in a background thread while the current one trains)."""
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -47,13 +46,3 @@ def batches(clips: ClipSet, stream, dev):
             pending = queued
         if pending is not None:
             yield pending.result()
-
-
-def stream_line(which: str, clips: ClipSet, data) -> str:
-    n, shape = len(clips.videos), clips.video_pixels.shape[1:]
-    gb = n * math.prod(shape) * 4 / 2**30
-    line = (f"data {which}: the prepared pixels ({n} x {'x'.join(map(str, shape))} float32, {gb:.1f} GB) exceed "
-            f"data.in_memory_gb ({data.in_memory_gb:g}): each batch is prepared again from the frame cache")
-    if not data.cache:
-        line += "; data.cache is false, so every batch decodes its videos again (slow): set data.cache: true"
-    return line

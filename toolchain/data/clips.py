@@ -12,6 +12,7 @@ from the frame cache (filled by the first pass), the same way, so the pixels are
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -189,6 +190,16 @@ def load_line(which: str, clips: ClipSet) -> str:
     return (f"data {which}: {ld['videos']} clips ({len(clips.captions)} captions) loaded in "
             f"{ld['seconds']:.2f} s, {rate:.1f} clips/s; frame cache {ld['cache_hits']} hits, "
             f"{ld['cache_misses']} misses")
+
+
+def stream_line(which: str, clips: ClipSet, data) -> str:
+    n, shape = len(clips.videos), clips.video_pixels.shape[1:]
+    gb = n * math.prod(shape) * 4 / 2**30
+    line = (f"data {which}: the prepared pixels ({n} x {'x'.join(map(str, shape))} float32, {gb:.1f} GB) exceed "
+            f"data.in_memory_gb ({data.in_memory_gb:g}): each batch is prepared again from the frame cache")
+    if not data.cache:
+        line += "; data.cache is false, so every batch decodes its videos again (slow): set data.cache: true"
+    return line
 
 
 def caption_targets(captions: list[str]) -> torch.Tensor:
