@@ -21,10 +21,9 @@ from toolchain.adapters.qlora import add_lora, bnb_config, keep_training_layout,
 from toolchain.checkpoint import (check_processes, checkpoint_step, latest_checkpoint, load_checkpoint, open_work_dir,
                                   rewind_metrics, save_checkpoint)
 from toolchain.data.batches import batch_stream, batches
-from toolchain.data.cache import FrameCache, default_cache_dir
-from toolchain.data.clips import ClipSet, caption_targets, load_clips, load_line, stream_line
-from toolchain.data.formats import read_split, skip_summary
+from toolchain.data.clips import ClipSet, caption_targets
 from toolchain.data.prepare import ensure_data
+from toolchain.data.splits import frame_cache, load_data, load_split, read_splits
 from toolchain.data.synth import appearance
 from toolchain.distributed import LossModule, Processes, parameters_digest, shard
 from toolchain.errors import TrainingDivergedError
@@ -112,41 +111,6 @@ def evaluate_model(model: VideoCLIP, clips: ClipSet, ids, mask, batch: int, proc
     video, text = embed_set(model, clips, ids, mask, batch)
     groups = [appearance(c) for c in clips.captions]
     return retrieval_metrics((text @ video.T).numpy(), groups if None not in groups else None, clips.video_of.numpy())
-
-
-def frame_cache(recipe: Recipe) -> FrameCache:
-    if not recipe.data.cache:
-        return FrameCache(None)
-    return FrameCache(Path(recipe.data.cache_dir).expanduser() if recipe.data.cache_dir else default_cache_dir())
-
-
-def read_splits(recipe: Recipe, report: Reporter) -> dict:
-    """Both splits' (video, caption) pairs, read before any model loads so a data mistake fails fast;
-    what was skipped is reported with the first few examples."""
-    ensure_data(recipe.data, report)
-    splits = {}
-    for which in ("train", "eval"):
-        splits[which] = read_split(recipe.data, which)
-        if (line := skip_summary(which, splits[which])) is not None:
-            report.warn(line)
-    return splits
-
-
-def load_data(recipe: Recipe, splits: dict, prepare, report: Reporter) -> tuple[ClipSet, ClipSet]:
-    """Decode both splits through the frame cache and prepare their frames; prints the data-loading
-    benchmark line (clips/s, cache hits and misses) per split, and says when a split streams."""
-    cache, out = frame_cache(recipe), []
-    for which in ("train", "eval"):
-        split = splits[which]
-        with report.task(f"decoding {which} videos", None) as adv:
-            clips = load_clips(split, prepare, recipe.frames.decode_max_frames, cache, adv.progress,
-                               recipe.data.in_memory_gb * 2**30, recipe.data.workers)
-        report.skipped(clips.skipped[len(split.skipped):])
-        report.say(load_line(which, clips))
-        if clips.streamed:
-            report.say(stream_line(which, clips, recipe.data))
-        out.append(clips)
-    return out[0], out[1]
 
 
 def allocate_ranks(recipe: Recipe, model: VideoCLIP, clips: ClipSet | None, ids, mask, report: Reporter) -> RankPlan:
@@ -395,8 +359,6 @@ def plan_recipe(recipe: Recipe, report: Reporter) -> RankPlan:
     if recipe.adapters.ranks.strategy != "importance":
         return allocate_ranks(recipe, model, None, None, None, report)
     split = read_splits(recipe, report)["train"]
-    with report.task("decoding train videos", None) as adv:
-        train = load_clips(split, model.preparer(), recipe.frames.decode_max_frames, frame_cache(recipe),
-                           adv.progress, recipe.data.in_memory_gb * 2**30, recipe.data.workers)
+    train = load_split(recipe, "train", split, model.preparer(), frame_cache(recipe), report)
     ids, mask = tokenize(info, train.captions, device)
     return allocate_ranks(recipe, model, train, ids, mask, report)
