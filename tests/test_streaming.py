@@ -112,7 +112,7 @@ print(json.dumps({"grew_kb": status_kb("VmRSS") - before, "videos": len(clips.vi
 def test_streaming_load_memory_does_not_grow_with_the_split(tmp_path):
     """Loading a streamed split keeps only indices and motion: RSS must not grow per video (it did by
     ~4 MB per 224 px video when per-video tensors were kept alive between the big buffers;
-    now a constant 2-55 MB, whatever the count)."""
+    now a constant 1.5-54 MB measured over 14 runs, whatever the count)."""
     import numpy as np
     import subprocess
     import sys
