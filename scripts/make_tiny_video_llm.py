@@ -137,6 +137,8 @@ def main() -> None:
         meta = {"vision": str(args.vision.name), "vision_sha256": sha256(args.vision / "model.safetensors"),
                 "steps": args.steps, "batch": args.batch, "seed": args.seed, "frames": K}
         (base / "vqtool_tiny.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for f in base.iterdir():
+            f.chmod(0o644)  # safetensors writes 0600; the package's files read like any other
         if args.out.exists():
             shutil.rmtree(args.out)
         base.rename(args.out)
