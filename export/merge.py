@@ -88,9 +88,10 @@ def plain_float32(model: nn.Module) -> nn.Module:
 
 
 def merged_model(run_dir: Path) -> tuple[VideoCLIP, VideoCLIP, Recipe, BaseInfo]:
-    """(as-trained model, merged float32 model, recipe, base info) for a run dir."""
+    """(as-trained model, merged float32 model, recipe, base info) for a run dir (a VideoLLM pair for a
+    video-llm run: the same calls apply to it)."""
     recipe, info = load_run(run_dir)
     trained = load_as_trained(run_dir, recipe, info)
-    merged_clip = merge_static_adapters(load_as_trained(run_dir, recipe, info).clip)
+    merged_clip = merge_static_adapters(load_as_trained(run_dir, recipe, info).core)
     pool_state = None if trained.pool is None else trained.pool.state_dict()
     return trained, build_video_model(recipe, info, merged_clip, pool_state).eval(), recipe, info

