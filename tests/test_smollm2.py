@@ -37,7 +37,8 @@ def test_smollm2_from_its_gguf_qlora_fine_tunes_and_reloads(run_cli, shapes_data
     few_rows(shapes_data / "eval.jsonl", tmp_path / "eval.jsonl", 3)
     sets = [*TINY_OVERRIDES, f"model.name_or_path={base}", f"data.train={tmp_path / 'train.jsonl'}",
             f"data.eval={tmp_path / 'eval.jsonl'}", "frames.k=2", "train.max_steps=6", "train.log_every=1",
-            "train.lr=1e-3", "adapters.rank=4", "adapters.alpha=8", "generation.max_new_tokens=4"]
+            "train.lr=1e-3", "adapters.rank=4", "adapters.alpha=8", "generation.max_new_tokens=4",
+            "adapters.target_modules=all-linear"]  # a real LM knows the words: no LoRA on its output layer
     recipe = load_recipe(CAPTION_RECIPE, sets)
     result = finetune(recipe, tmp_path / "run", False, Reporter(quiet=True))
     assert result["total_params"] > 130_000_000 and 0 < result["trainable_params"] < 0.02 * result["total_params"]
@@ -53,3 +54,4 @@ def test_smollm2_from_its_gguf_qlora_fine_tunes_and_reloads(run_cli, shapes_data
     task = TASKS["captioning"]
     again = task.evaluate(model, task.prepare(recipe, model_info(recipe), model, evalset, "cpu"), recipe)
     assert again["predictions"] == result["finetuned"]["predictions"]
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").stat().st_size < 20e6  # LoRA only

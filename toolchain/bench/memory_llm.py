@@ -36,6 +36,9 @@ def save_siglip_smollm2(out: Path) -> None:
                                   image_token_index=vocab - 1, vision_feature_layer=-1,
                                   vision_feature_select_strategy="full", tie_word_embeddings=True)
     LlavaOnevisionForConditionalGeneration(config).save_pretrained(str(out), safe_serialization=True)
+    from toolchain.models.tiny import build_llm_tokenizer
+
+    build_llm_tokenizer().save(str(out / "tokenizer.json"))  # the step feeds random ids; a base dir has a tokenizer
 
 
 def checkpoint_dir_llm(arch: str, tmp: Path) -> str:

@@ -101,7 +101,9 @@ def build_trainable(recipe: Recipe, info: BaseInfo, device: str, plan=None):
 def save_adapter(model, recipe: Recipe, adapter_dir: Path) -> None:
     """PEFT's own format for plain LoRA; temporal and pooling parameters beside it in safetensors."""
     with plain_lora_view(model.core):
-        model.core.save_pretrained(str(adapter_dir), safe_serialization=True)
+        # A LoRA on a (tied) lm_head changes no base weight: the base's embeddings are not copied in.
+        extra = {"save_embedding_layers": False} if model.family == "video-llm" else {}
+        model.core.save_pretrained(str(adapter_dir), safe_serialization=True, **extra)
     if recipe.adapters.temporal.enabled:
         save_temporal(model.core, adapter_dir, recipe.adapters.temporal, recipe.frames.k)
     if model.pool is not None:

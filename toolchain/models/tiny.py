@@ -58,7 +58,7 @@ def tiny_clip_config(vocab_size: int):
 # <image> are the placeholders whose embeddings the vision tokens replace.
 LLM_SPECIAL = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "<video>", "<image>"]
 LLM_WORDS = WORDS + (
-    "what colour color which way does it describe video clip question answer this , . ? :"
+    "what colour color which way does it describe video clip question answer this then first , . ? :"
 ).split()
 
 
