@@ -67,7 +67,7 @@ def test_a_short_fine_tune_learns_far_beyond_its_base_and_chance(learn_data, ran
 
 # --- temporal LoRA beats plain LoRA on direction (the docs' claim), on held-apart eval clips ----------
 
-TEMPORAL = [f"frames.k={K}", "train.batch_size=48", "train.max_steps=250", "train.warmup_steps=5",
+TEMPORAL = [f"frames.k={K}", "train.batch_size=48", "train.max_steps=300", "train.warmup_steps=5",
             "train.checkpoint_every=0", "train.seed=0"]
 
 
