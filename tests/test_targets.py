@@ -154,3 +154,20 @@ def test_retrieval_metrics_reports_within_group_only_for_one_caption_per_video()
     assert "t2v_within_group_r1" not in retrieval_metrics(sim)
     several = np.vstack([sim, sim[:1]])  # 5 captions, 4 videos
     assert "t2v_within_group_r1" not in retrieval_metrics(several, groups, [0, 1, 2, 3, 0])
+
+
+def test_load_and_stream_lines_say_the_numbers():
+    from toolchain.data.clips import ClipSet, load_line, stream_line
+    from toolchain.recipe import DataSection
+
+    clips = ClipSet(torch.zeros(1000, 4, 3, 32, 32), torch.zeros(1000, 4), torch.zeros(1000, 4), ["v"] * 1000,
+                    ["c"] * 1500, torch.zeros(1500, dtype=torch.int64),
+                    load={"videos": 1000, "seconds": 4.0, "cache_hits": 7, "cache_misses": 993})
+    assert load_line("train", clips) == ("data train: 1000 clips (1500 captions) loaded in 4.00 s, 250.0 clips/s; "
+                                         "frame cache 7 hits, 993 misses")
+    line = stream_line("eval", clips, DataSection(in_memory_gb=0.01))
+    assert line == ("data eval: the prepared pixels (1000 x 4x3x32x32 float32, 0.0 GB) exceed data.in_memory_gb (0.01): "
+                    "each batch is prepared again from the frame cache")
+    line = stream_line("train", clips, DataSection(in_memory_gb=8, cache=False))
+    assert f"{1000 * 4 * 3 * 32 * 32 * 4 / 2**30:.1f} GB" in line and "data.in_memory_gb (8)" in line
+    assert line.endswith("; data.cache is false, so every batch decodes its videos again (slow): set data.cache: true")
