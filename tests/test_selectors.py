@@ -162,3 +162,19 @@ def test_onnx_runtime_picks_the_same_frames(exported, seed, b, n, h, w):
     frames = random_clip(seed, n, h, w, b=b)
     got = session.run(None, {"frames": frames.numpy()})[0]
     assert np.array_equal(got, select_frames(frames, 5, selector).numpy())
+
+
+def test_motion_uniform_weighs_each_frame_one_plus_its_motion():
+    """Curve 1..7 then 28 (a 20-energy last frame): the targets 7 and 21 both fall on the last frame,
+    and the repeat is pushed back to frame 6 (weight 2 per frame would give 9, 27 -> frames 4, 7)."""
+    from toolchain.frames import motion_uniform_indices
+
+    energy = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 20]], dtype=torch.int32)
+    assert motion_uniform_indices(energy, 2).tolist() == [[6, 7]]
+
+
+def test_strictly_increasing_keeps_a_leading_zero():
+    from toolchain.frames import strictly_increasing
+
+    assert strictly_increasing(torch.tensor([[0, 0, 0]]), torch.tensor(5)).tolist() == [[0, 1, 2]]
+    assert strictly_increasing(torch.tensor([[4, 4, 4]]), torch.tensor(5)).tolist() == [[2, 3, 4]]
