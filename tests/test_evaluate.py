@@ -82,3 +82,10 @@ def test_several_captions_per_video_rank_against_every_caption():
     assert m["v2t"]["r1"] == pytest.approx(200 / 3)
     with pytest.raises(ValueError, match="video 1 has no caption"):
         v2t_ranks(sim, np.array([0, 0, 2, 2, 2]))
+
+
+def test_within_group_needs_the_square_one_caption_per_video_case():
+    """3 captions for 4 videos: no within-group R@1 (and video 3, with no caption, is an error)."""
+    sim = np.eye(3, 4)
+    with pytest.raises(ValueError, match="video 3 has no caption"):
+        retrieval_metrics(sim, ["a", "a", "b", "b"], [0, 1, 2])
