@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# Extra fine-tune overrides for the demo, e.g. make demo DEMO_SET="--set train.max_steps=20" (every
+# command still runs; tests/test_demo.py runs a short one this way).
+DEMO_SET ?=
 
 .PHONY: setup demo test clean
 
@@ -20,7 +23,7 @@ $(BIN)/vqtool: pyproject.toml Makefile
 setup: $(BIN)/vqtool
 
 demo: setup
-	$(BIN)/vqtool finetune recipes/shapes-tiny.yaml --force
+	$(BIN)/vqtool finetune recipes/shapes-tiny.yaml --force $(DEMO_SET)
 	$(BIN)/vqtool export runs/shapes-tiny --force
 	$(BIN)/vqtool infer exports/shapes-tiny --variant int8 \
 		--video data/shapes/videos/eval_0000.mp4 --video data/shapes/videos/eval_0001.mp4 \

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from toolchain.cli_common import SetOpt, csv_list, err, reporter, require_train_extra
-from toolchain.errors import VqtoolError
+from toolchain.errors import BenchFailedError, VqtoolError
 
 bench_app = typer.Typer(help="Benchmarks: measured side by side in one run, medians and ratios.", no_args_is_help=True)
 
@@ -73,7 +73,7 @@ def bench_memory(
     """Peak memory, weight memory, trainable parameters and step time of one training step per method."""
     if frames < 1 or batch < 2 or steps < 1 or rank < 1:
         raise VqtoolError("bench memory: need --frames >= 1, --batch >= 2 (contrastive), --steps >= 1, --rank >= 1")
-    from toolchain.bench.memory import check_methods, markdown, run_memory_bench
+    from toolchain.bench.memory import check_methods, failures, markdown, run_memory_bench
 
     check_methods(csv_list(methods))  # before the heavy imports
     require_train_extra()
@@ -82,6 +82,10 @@ def bench_memory(
     table = markdown(result)
     write_outputs(out, "memory", table, result)
     typer.echo(json.dumps(result) if as_json else table)
+    failed = failures(result)
+    if failed:
+        raise BenchFailedError("bench memory: method(s) failed (their rows say FAILED; the others are kept):\n"
+                               + "\n".join(f"  - {f}" for f in failed))
 
 
 def ablate(
