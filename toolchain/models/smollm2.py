@@ -42,3 +42,32 @@ def load_smollm2(dtype=None):
     model = LlamaForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype or torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return model.eval(), tokenizer
+
+
+def save_smollm2_dir(out: Path) -> Path:
+    """A plain transformers dir (config, safetensors, tokenizer) of the GGUF's weights, dequantized to float32.
+
+    transformers refuses to save a model it loaded from GGUF, so the weights move into a fresh model
+    of the same config first. Written beside `out` and renamed, so a crash leaves no half dir.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model, tokenizer = load_smollm2()
+    config = LlamaConfig.from_dict({k: v for k, v in model.config.to_dict().items() if k != "quantization_config"})
+    plain = LlamaForCausalLM(config).eval()
+    plain.load_state_dict(model.state_dict())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        plain.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
