@@ -74,6 +74,7 @@ def name_axes(path: Path, spec: GraphSpec) -> Path:
 
 def export_graph(module: nn.Module, spec: GraphSpec, path: Path, metadata: dict | None = None,
                  exporter: str = "dynamo") -> Path:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     args = example_inputs(spec)
     dynamic = dynamic_shapes(spec, getattr(module, "positional_inputs", None))
     if exporter == "torchscript":  # the TorchScript exporter wants {input: {axis: name}}

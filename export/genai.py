@@ -90,11 +90,13 @@ def load_genai():
     return og
 
 
-def genai_generate(model, prompt_ids: list[int], max_new_tokens: int, on_token=None) -> list[int]:
-    """Greedy tokens from an `og.Model` (load it once with og.Model(dir)); EOS from its config stops it."""
+def genai_generate(model, prompt_ids: list[int], max_new_tokens: int, on_token=None, min_new_tokens: int = 0) -> list[int]:
+    """Greedy tokens from an `og.Model` (load it once with og.Model(dir)); EOS from its config stops it
+    (min_new_tokens: not before that many, as benchmarks need)."""
     og = load_genai()
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt_ids) + max_new_tokens, do_sample=False)
+    params.set_search_options(max_length=len(prompt_ids) + max_new_tokens, do_sample=False,
+                              min_length=len(prompt_ids) + min_new_tokens)
     generator = og.Generator(model, params)
     generator.append_tokens(np.asarray([prompt_ids], np.int32))
     out: list[int] = []
