@@ -105,3 +105,18 @@ def decoder_shape_of(spec: GraphSpec) -> DecoderShape:
     embeds = spec.inputs[0]
     logits = spec.outputs[0]
     return DecoderShape(len(past) // 2, past[0].axes[1], past[0].axes[3], embeds.axes[2], logits.axes[2])
+
+
+def graphs_manifest(specs: dict[str, GraphSpec], variants: dict[str, dict[str, str]]) -> dict:
+    """The `generative` section of manifest.json: each graph's I/O description and each variant's files."""
+    return {"format": GEN_FORMAT, "graphs": {name: spec_json(spec) for name, spec in specs.items()},
+            "variants": variants}
+
+
+def read_graphs_manifest(section: dict) -> tuple[dict[str, GraphSpec], dict[str, dict[str, str]]]:
+    """(graph specs, {variant: {graph: file}}) back from a manifest's `generative` section."""
+    if not isinstance(section, dict) or section.get("format") != GEN_FORMAT:
+        raise VqtoolError(f"manifest 'generative' section has format {section.get('format') if isinstance(section, dict) else None!r}, "
+                          f"this runtime reads {GEN_FORMAT}; re-create it: vqtool export RUN_DIR --force")
+    specs = {name: spec_from_json(data) for name, data in section.get("graphs", {}).items()}
+    return specs, dict(section.get("variants", {}))
