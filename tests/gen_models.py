@@ -42,3 +42,22 @@ def video_features(model, batch: int = 1, frames: int = 2, seed: int = 0) -> tup
     with torch.no_grad():
         feats = model.model.get_video_features(pixels, vision_feature_layer=-1, vision_feature_select_strategy="full")
     return pixels, feats.pooler_output.flatten(0, 1)
+
+
+EXPORTS: dict = {}
+
+
+def exported(kind: str):
+    """(model, dir with decoder.onnx + embedding.onnx) of tiny_llama / tiny_llava, exported once per session."""
+    if kind not in EXPORTS:
+        import tempfile
+        from pathlib import Path
+
+        from export.gen_export import export_decoder, export_embedding
+
+        model = {"llama": tiny_llama, "llava": tiny_llava}[kind]()
+        out = Path(tempfile.mkdtemp(prefix=f"vqtool-test-{kind}-"))
+        export_decoder(model, out / "decoder.onnx")
+        export_embedding(model, out / "embedding.onnx")
+        EXPORTS[kind] = (model, out)
+    return EXPORTS[kind]

@@ -6,19 +6,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from gen_models import VIDEO_TOKEN, tiny_llama, tiny_llava, video_features
+from gen_models import VIDEO_TOKEN, exported, video_features
 
-from export.gen_export import export_decoder, export_embedding
 from export.gen_session import GenSessions
 
 
 @pytest.fixture(scope="module")
-def llava_graphs(tmp_path_factory):
-    model = tiny_llava()
-    out = tmp_path_factory.mktemp("llava")
-    export_decoder(model, out / "decoder.onnx")
-    export_embedding(model, out / "embedding.onnx")
-    return model, out
+def llava_graphs():
+    return exported("llava")
 
 
 def session(path):
@@ -73,11 +68,9 @@ def test_decoder_steps_match_a_full_pytorch_forward(llava_graphs, batch, past, s
     assert np.abs(logits - ref).max() < 1e-4
 
 
-def test_decoder_of_a_plain_causal_lm(tmp_path):
-    model = tiny_llama()
-    export_decoder(model, tmp_path / "decoder.onnx")
-    export_embedding(model, tmp_path / "embedding.onnx")
-    gen = GenSessions(tmp_path / "decoder.onnx", tmp_path / "embedding.onnx")
+def test_decoder_of_a_plain_causal_lm():
+    model, out = exported("llama")
+    gen = GenSessions(out / "decoder.onnx", out / "embedding.onnx")
     assert gen.video_token_id == -1  # nothing to merge in a text-only model
     ids = np.array([[4, 8, 15, 16, 23, 42]])
     logits, _ = gen.step(gen.embed(ids, None), np.ones_like(ids), np.arange(6)[None], gen.empty_past(1))

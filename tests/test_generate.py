@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import BLOCK_TORCH, REPO
-from gen_models import EOS, VIDEO_TOKEN, tiny_llama, tiny_llava, video_features
+from gen_models import EOS, VIDEO_TOKEN, exported, video_features
 
-from export.gen_export import decoder_shape, export_decoder, export_embedding
+from export.gen_export import decoder_shape
 from export.gen_session import GenSessions
 from export.generate import generate
 from toolchain.errors import VqtoolError
@@ -35,11 +35,8 @@ def torch_generate(model, prompts, max_new_tokens, num_beams=1, eos=None, **kwar
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    model = tiny_llama()
-    out = tmp_path_factory.mktemp("llama")
-    export_decoder(model, out / "decoder.onnx")
-    export_embedding(model, out / "embedding.onnx")
+def llama():
+    model, out = exported("llama")
     return model, out, GenSessions(out / "decoder.onnx", out / "embedding.onnx", threads=1)
 
 
@@ -61,11 +58,9 @@ def test_stops_at_eos_and_streams_each_token(llama):
     assert seen == ours[0]
 
 
-def test_video_features_fill_their_placeholders_like_pytorch(tmp_path):
-    model = tiny_llava()
-    export_decoder(model, tmp_path / "decoder.onnx")
-    export_embedding(model, tmp_path / "embedding.onnx")
-    sessions = GenSessions(tmp_path / "decoder.onnx", tmp_path / "embedding.onnx", threads=1)
+def test_video_features_fill_their_placeholders_like_pytorch():
+    model, out = exported("llava")
+    sessions = GenSessions(out / "decoder.onnx", out / "embedding.onnx", threads=1)
     pixels, feats = video_features(model, batch=2)
     n = feats.shape[0] // 2
     prompts = [[5, 6] + [VIDEO_TOKEN] * n + [7, 8], [9] + [VIDEO_TOKEN] * n + [10, 11, 12]]
@@ -108,7 +103,9 @@ def test_onnxruntime_genai_gives_the_same_tokens(llama):
     from export.genai import compose_ids_decoder, genai_config, genai_generate, write_genai_config
 
     model, out, sessions = llama
-    compose_ids_decoder(out / "embedding.onnx", out / "decoder.onnx", out / "decoder_ids.onnx")
+    out = out / "genai"
+    out.mkdir(exist_ok=True)
+    compose_ids_decoder(out.parent / "embedding.onnx", out.parent / "decoder.onnx", out / "decoder_ids.onnx")
     write_genai_config(out, genai_config(decoder_shape(model), model.config.num_attention_heads, "decoder_ids.onnx",
                                          [EOS], 1, 0, 256, threads=1))
     ours = generate(sessions, PROMPTS[0], max_new_tokens=12, eos_ids=[EOS])[0]
