@@ -3,7 +3,9 @@
 onnxruntime-genai's decoder-only types (llama, qwen2, ...) feed `input_ids` to one decoder graph,
 while our decoder takes `inputs_embeds`; so the text backend runs `decoder_ids.onnx`, the embedding
 graph composed in front of the decoder (image_features pinned to an empty constant), with the same
-weights and the same decoder ops. Its three-graph VLM types need a vision graph: docs/results.md.
+weights and the same decoder ops. The three graphs run under a registered VLM type (`phi3v`):
+vision.onnx -> image_features [num_image_tokens, hidden] -> embedding.onnx -> decoder.onnx, with
+the frames and `num_image_tokens` fed as named tensors (genai's own image processor is not used).
 """
 
 from __future__ import annotations
@@ -74,6 +76,23 @@ def genai_config(shape: DecoderShape, heads: int, decoder_file: str, eos_ids: li
                    "past_present_share_buffer": False, "early_stopping": False, "length_penalty": 1.0}}
 
 
+def genai_vlm_config(shape: DecoderShape, heads: int, eos_ids: list[int], bos_id: int, pad_id: int,
+                     context_length: int, threads: int | None = None, vision_inputs: tuple[str, ...] = ("pixel_values",),
+                     model_type: str = "phi3v") -> dict:
+    """The three-graph config: genai runs vision.onnx only on a prompt with num_image_tokens > 0, feeds its
+    image_features into embedding.onnx (an empty [0, hidden] tensor on decode steps) and the embeds to decoder.onnx."""
+    cfg = genai_config(shape, heads, "decoder.onnx", eos_ids, bos_id, pad_id, context_length, threads, model_type)
+    decoder = cfg["model"]["decoder"]
+    decoder["inputs"].pop("input_ids")
+    decoder["inputs"]["inputs_embeds"] = "inputs_embeds"
+    cfg["model"]["vision"] = {"filename": "vision.onnx", "inputs": {"pixel_values": vision_inputs[0]},
+                              "outputs": {"image_features": "image_features"}}
+    cfg["model"]["embedding"] = {"filename": "embedding.onnx",
+                                 "inputs": {"input_ids": "input_ids", "image_features": "image_features"},
+                                 "outputs": {"inputs_embeds": "inputs_embeds"}}
+    return cfg
+
+
 def write_genai_config(model_dir: Path, config: dict) -> Path:
     path = Path(model_dir) / "genai_config.json"
     tmp = path.with_name(f".{path.name}.tmp")
@@ -90,14 +109,21 @@ def load_genai():
     return og
 
 
-def genai_generate(model, prompt_ids: list[int], max_new_tokens: int, on_token=None, min_new_tokens: int = 0) -> list[int]:
+def genai_generate(model, prompt_ids: list[int], max_new_tokens: int, on_token=None, min_new_tokens: int = 0,
+                   named_inputs: dict | None = None) -> list[int]:
     """Greedy tokens from an `og.Model` (load it once with og.Model(dir)); EOS from its config stops it
-    (min_new_tokens: not before that many, as benchmarks need)."""
+    (min_new_tokens: not before that many, as benchmarks need). named_inputs: the vision graph's inputs
+    (e.g. {"pixel_values": frames}); num_image_tokens must be among them for the vision graph to run."""
     og = load_genai()
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(prompt_ids) + max_new_tokens, do_sample=False,
                               min_length=len(prompt_ids) + min_new_tokens)
     generator = og.Generator(model, params)
+    if named_inputs:
+        tensors = og.NamedTensors()
+        for name, value in named_inputs.items():
+            tensors[name] = np.ascontiguousarray(value)
+        generator.set_inputs(tensors)
     generator.append_tokens(np.asarray([prompt_ids], np.int32))
     out: list[int] = []
     while not generator.is_done():

@@ -110,3 +110,41 @@ def test_onnxruntime_genai_gives_the_same_tokens(llama):
                                          [EOS], 1, 0, 256, threads=1))
     ours = generate(sessions, PROMPTS[0], max_new_tokens=12, eos_ids=[EOS])[0]
     assert genai_generate(og.Model(str(out)), PROMPTS[0], 12) == ours
+
+
+class StandInVision(torch.nn.Module):
+    """A vision graph for the genai test only: float pixels -> get_video_features (the uint8 vision.onnx
+    with the frame selector is the fine-tuning export's)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        out = self.model.model.get_video_features(pixel_values, vision_feature_layer=-1,
+                                                  vision_feature_select_strategy="full")
+        return out.pooler_output.flatten(0, 1)
+
+
+def test_onnxruntime_genai_runs_the_three_graphs_as_a_vlm(tmp_path):
+    og = pytest.importorskip("onnxruntime_genai")
+    import shutil
+
+    from export.genai import genai_generate, genai_vlm_config, write_genai_config
+
+    model, out = exported("llava")
+    for name in ("decoder.onnx", "embedding.onnx"):
+        shutil.copy(out / name, tmp_path / name)
+    pixels, feats = video_features(model, batch=1)
+    with torch.no_grad():
+        torch.onnx.export(StandInVision(model).eval(), (pixels,), str(tmp_path / "vision.onnx"), dynamo=False,
+                          input_names=["pixel_values"], output_names=["image_features"], opset_version=18)
+    text = model.config.text_config
+    write_genai_config(tmp_path, genai_vlm_config(decoder_shape(model), text.num_attention_heads, [EOS], 1, 0, 256, 1))
+    genai = og.Model(str(tmp_path))
+    sessions = GenSessions(tmp_path / "decoder.onnx", tmp_path / "embedding.onnx", threads=1)
+    n = feats.shape[0]
+    prompt = [5, 6] + [VIDEO_TOKEN] * n + [7, 8]
+    inputs = {"pixel_values": pixels.numpy(), "num_image_tokens": np.array([n], np.int64)}
+    assert genai_generate(genai, prompt, 10, named_inputs=inputs) == generate(sessions, prompt, feats.numpy(), 10, eos_ids=[EOS])[0]
+    assert genai_generate(genai, [5, 6, 7], 10) == generate(sessions, [5, 6, 7], max_new_tokens=10, eos_ids=[EOS])[0]
