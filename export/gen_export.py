@@ -94,11 +94,36 @@ def export_onnx_ts(module, args, path: Path, spec: GraphSpec, axes: dict) -> Non
     os.replace(tmp, path)
 
 
-def export_decoder(model: nn.Module, out_path: Path, metadata: dict | None = None, exporter: str = "dynamo") -> GraphSpec:
-    """decoder.onnx of a causal LM or a VLM's language model: one graph for prefill and decode."""
+TARGETS = ("portable", "cpu")
+
+
+def export_decoder(model: nn.Module, out_path: Path, metadata: dict | None = None, exporter: str = "dynamo",
+                   target: str = "portable") -> GraphSpec:
+    """decoder.onnx of a causal LM or a VLM's language model: one graph for prefill and decode.
+
+    target "portable": standard ONNX ops (every provider loads it). "cpu": then ONNX Runtime's fused
+    com.microsoft ops for its CPU provider, by transformers' own pass (fuse_for_onnxruntime); on our
+    graph it fuses RotaryEmbedding and SkipSimplifiedLayerNormalization, not the attention.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     spec = decoder_spec(decoder_shape(model))
-    export_graph(DecoderGraph(model).eval(), spec, Path(out_path), metadata, exporter)
+    export_graph(DecoderGraph(model).eval(), spec, Path(out_path), {"vqtool.target": target, **(metadata or {})}, exporter)
+    if target != "portable":
+        fuse_for_provider(Path(out_path), target)
     return spec
+
+
+def fuse_for_provider(path: Path, target: str) -> Path:
+    import onnx_ir as ir
+    from transformers.exporters.onnxruntime_fusions import fuse_for_onnxruntime
+
+    model = ir.load(str(path))
+    fuse_for_onnxruntime(model, target)
+    tmp = path.with_name(f".{path.name}.tmp")
+    ir.save(model, str(tmp))
+    os.replace(tmp, path)
+    return path
 
 
 def export_embedding(model: nn.Module, out_path: Path, token_id: int | None = None, metadata: dict | None = None,

@@ -8,6 +8,7 @@ import pytest
 import torch
 from gen_models import VIDEO_TOKEN, exported, video_features
 
+from export.gen_export import export_decoder
 from export.gen_session import GenSessions
 
 
@@ -77,3 +78,17 @@ def test_decoder_of_a_plain_causal_lm():
     with torch.no_grad():
         ref = model(input_ids=torch.from_numpy(ids)).logits[:, -1].numpy()
     assert np.abs(logits - ref).max() < 1e-4
+
+
+def test_cpu_target_fuses_ort_ops_and_keeps_the_tokens(tmp_path):
+    import onnx
+
+    from export.generate import generate
+
+    model, out = exported("llama")
+    export_decoder(model, tmp_path / "decoder.onnx", target="cpu")
+    fused = {n.op_type for n in onnx.load(str(tmp_path / "decoder.onnx")).graph.node if n.domain == "com.microsoft"}
+    assert {"RotaryEmbedding", "SkipSimplifiedLayerNormalization"} <= fused
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    want = generate(GenSessions(out / "decoder.onnx", out / "embedding.onnx"), prompts, max_new_tokens=10)
+    assert generate(GenSessions(tmp_path / "decoder.onnx", out / "embedding.onnx"), prompts, max_new_tokens=10) == want

@@ -157,6 +157,7 @@ def bench_generate(
     accuracy_level: Annotated[int, typer.Option(help="MatMulNBits accuracy level: 4 = int8 compute, 1 = float32.")] = 4,
     lm_head_bits: Annotated[int, typer.Option(help="lm_head bits in the int4 variant: 8, 4 or 32 (float).")] = 8,
     builder: Annotated[bool, typer.Option("--builder/--no-builder", help="Also time onnxruntime-genai's model builder graphs (when installed).")] = True,
+    cpu_target: Annotated[bool, typer.Option("--cpu-target", help="Also time the decoder exported with ONNX Runtime's CPU fusions (fp32, int4).")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write generate.md and generate.json here (DIR).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
@@ -178,7 +179,7 @@ def bench_generate(
     from toolchain.bench.generate import bench_generate as run_bench, markdown
 
     quant = DecoderQuant(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level, lm_head_bits=lm_head_bits)
-    result = run_bench(arch, chosen, threads, tokens, rounds, builder, quant, reporter())
+    result = run_bench(arch, chosen, threads, tokens, rounds, builder, quant, reporter(), cpu_target)
     table = markdown(result)
     write_outputs(out, "generate", table, result)
     typer.echo(json.dumps(result) if as_json else table)

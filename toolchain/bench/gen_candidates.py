@@ -105,6 +105,13 @@ def export_ours(model, out: Path, variants: list[str], gguf: Path | None, quant:
     return files
 
 
+def export_cpu_target(model, out: Path, quant: DecoderQuant, report) -> dict[str, Path]:
+    """The same decoder with ONNX Runtime's CPU fusions (export_decoder target "cpu"): fp32 and int4."""
+    report.say("exporting the cpu-target decoder (RotaryEmbedding / SkipSimplifiedLayerNormalization fused)")
+    export_decoder(model, out / "decoder.onnx", target="cpu")
+    return {f"cpu-target {v}": make_decoder_variant(out / "decoder.onnx", v, quant) for v in ("fp32", "int4")}
+
+
 def genai_dir_for(model, embedding: Path, decoder: Path, out: Path, threads: int, eos: list[int]) -> Path:
     """A genai model dir running our `decoder` (composed with the embedding graph: genai feeds input_ids)."""
     from export.genai import compose_ids_decoder, genai_config, write_genai_config

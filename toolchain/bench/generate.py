@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from export.gen_variants import DecoderQuant
-from toolchain.bench.gen_candidates import (Candidate, export_ours, genai_dir_for, genai_runner, onnx_files,
-                                            our_candidates, run_builder, torch_runner)
+from toolchain.bench.gen_candidates import (Candidate, export_cpu_target, export_ours, genai_dir_for, genai_runner,
+                                            onnx_files, our_candidates, run_builder, torch_runner)
 
 PROMPT = "Describe what happens in a short video of a red ball rolling to the left."
 ARCHS = ("smollm2", "tiny")
@@ -106,7 +106,7 @@ def genai_candidates(model, files: dict, embedding: Path, hf: Path, tmp: Path, t
 
 
 def bench_generate(arch: str, variants: list[str], threads: int, tokens: int, rounds: int, builder: bool,
-                   quant: DecoderQuant, report) -> dict:
+                   quant: DecoderQuant, report, cpu_target: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -118,6 +118,8 @@ def bench_generate(arch: str, variants: list[str], threads: int, tokens: int, ro
         embedding = tmp / "export" / "embedding.onnx"
         cands = [Candidate("torch eager fp32", torch_runner(model, threads), [], ["torch", str(hf), str(threads)])]
         cands += our_candidates(files, embedding, threads)
+        if cpu_target:
+            cands += our_candidates(export_cpu_target(model, tmp / "cpu-target", quant, report), embedding, threads)
         cands += genai_candidates(model, files, embedding, hf, tmp, threads, eos, builder, quant, report)
         results = {c.name: [] for c in cands}
         with report.task(f"timing {len(cands)} candidates, {rounds} interleaved rounds", rounds * len(cands)) as step:
@@ -160,6 +162,7 @@ def ratios(rows: dict) -> dict:
 
     return {"ours int4 / builder int4 decode tok/s": ratio("ours int4", "genai builder int4"),
             "ours int4-gguf / builder int4 decode tok/s": ratio("ours int4-gguf", "genai builder int4"),
+            "ours cpu-target int4 / builder int4 decode tok/s": ratio("ours cpu-target int4", "genai builder int4"),
             "ours int4 size / ours fp32 size": ratio("ours int4", "ours fp32", "size_mb"),
             "ours int4-gguf size / ours fp32 size": ratio("ours int4-gguf", "ours fp32", "size_mb"),
             "our loop / genai, int4 graph, decode tok/s": ratio("ours int4", "genai on ours int4"),
