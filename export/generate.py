@@ -194,16 +194,16 @@ def generate_text(sessions: GenSessions, tokenizer, prompt: str, image_features:
     if not isinstance(prompt, str) or not prompt.strip():
         raise VqtoolError("prompt is empty: give the text to continue (a caption request or a question)")
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids
-    shown = [""]
+    new: list[int] = []
+    shown = [""]  # the text streamed so far; each call sends only what decoding the tokens added
 
     def stream(step: int, tokens: list[int]) -> None:
         new.append(tokens[0])
         text = tokenizer.decode(new, skip_special_tokens=True)
-        if on_text and text != shown[0]:
+        if text != shown[0]:
             on_text(text[len(shown[0]):] if text.startswith(shown[0]) else text)
             shown[0] = text
 
-    new: list[int] = []
     out = generate(sessions, ids, image_features, max_new_tokens, num_beams, stream if on_text else None,
                    eos_ids, video_token_id=video_token_id)[0]
     return tokenizer.decode(out, skip_special_tokens=True)

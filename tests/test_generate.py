@@ -148,3 +148,18 @@ def test_onnxruntime_genai_runs_the_three_graphs_as_a_vlm(tmp_path):
     inputs = {"pixel_values": pixels.numpy(), "num_image_tokens": np.array([n], np.int64)}
     assert genai_generate(genai, prompt, 10, named_inputs=inputs) == generate(sessions, prompt, feats.numpy(), 10, eos_ids=[EOS])[0]
     assert genai_generate(genai, [5, 6, 7], 10) == generate(sessions, [5, 6, 7], max_new_tokens=10, eos_ids=[EOS])[0]
+
+
+def test_generate_text_streams_what_it_returns(llama):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from export.generate import generate_text
+
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(96)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    pieces = []
+    text = generate_text(llama[2], tok, "w5 w6 w7", max_new_tokens=6, on_text=pieces.append)
+    assert text.split() == [f"w{i}" for i in generate(llama[2], [5, 6, 7], max_new_tokens=6)[0]]
+    assert "".join(pieces) == text
+    with pytest.raises(VqtoolError, match="prompt is empty"):
+        generate_text(llama[2], tok, "  ")
