@@ -77,12 +77,13 @@ def positions(mask: np.ndarray, length: int) -> np.ndarray:
 
 def generate(sessions: GenSessions, prompt_ids, image_features: np.ndarray | None = None, max_new_tokens: int = 32,
              num_beams: int = 1, on_token: TokenCallback | None = None, eos_ids: Sequence[int] = (),
-             pad_id: int = 0, video_token_id: int | None = None) -> list[list[int]]:
+             pad_id: int = 0, video_token_id: int | None = None, min_new_tokens: int = 0) -> list[list[int]]:
     """New token ids per prompt (EOS included when reached), greedy or beam search.
 
     prompt_ids: a list of ids or a batch of them; image_features [T, hidden] float32 fill the T video
     placeholders (`video_token_id`, default the embedding graph's) of the whole batch in order. on_token(step, ids) streams each new
     token of every row (greedy); beam search calls it once per token of the best beams at the end.
+    min_new_tokens: EOS cannot be chosen before that many tokens (transformers' min_new_tokens).
     """
     check_counts(max_new_tokens, num_beams)
     rows = check_prompts(prompt_ids, sessions.vocab)
@@ -91,17 +92,31 @@ def generate(sessions: GenSessions, prompt_ids, image_features: np.ndarray | Non
     features = check_features(image_features, sessions.layout.hidden, placeholders, video_token_id)
     ids, mask = left_pad(rows, pad_id)
     eos = np.array(sorted({int(e) for e in eos_ids}), np.int64)
+    run = sessions.step if not min_new_tokens else suppress_eos(sessions.step, eos, min_new_tokens)
     if num_beams == 1:
-        return greedy(sessions, ids, mask, features, max_new_tokens, eos, pad_id, on_token)
-    out = beam_search(sessions, ids, mask, features, max_new_tokens, num_beams, eos, video_token_id)
+        return greedy(run, sessions, ids, mask, features, max_new_tokens, eos, pad_id, on_token)
+    out = beam_search(run, sessions, ids, mask, features, max_new_tokens, num_beams, eos, video_token_id)
     for step in range(max(len(r) for r in out) if on_token else 0):
         on_token(step, [r[step] if step < len(r) else pad_id for r in out])
     return out
 
 
-def greedy(sessions, ids, mask, features, max_new_tokens, eos, pad_id, on_token) -> list[list[int]]:
+def suppress_eos(step, eos: np.ndarray, min_new_tokens: int):
+    """A decoder step whose first `min_new_tokens` logits give EOS -inf, as transformers' MinNewTokens processor."""
+    calls = [0]
+
+    def run(*args):
+        logits, past = step(*args)
+        if calls[0] < min_new_tokens and eos.size:
+            logits[:, eos] = -np.inf
+        calls[0] += 1
+        return logits, past
+    return run
+
+
+def greedy(run, sessions, ids, mask, features, max_new_tokens, eos, pad_id, on_token) -> list[list[int]]:
     batch = ids.shape[0]
-    logits, past = sessions.step(sessions.embed(ids, features), mask, positions(mask, ids.shape[1]),
+    logits, past = run(sessions.embed(ids, features), mask, positions(mask, ids.shape[1]),
                                  sessions.empty_past(batch))
     done = np.zeros(batch, bool)
     out: list[list[int]] = [[] for _ in range(batch)]
@@ -115,7 +130,7 @@ def greedy(sessions, ids, mask, features, max_new_tokens, eos, pad_id, on_token)
         if done.all() or step == max_new_tokens - 1:
             break
         mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
-        logits, past = sessions.step(sessions.embed(token[:, None], None), mask, positions(mask, 1), past)
+        logits, past = run(sessions.embed(token[:, None], None), mask, positions(mask, 1), past)
     return out
 
 
@@ -131,13 +146,13 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, -1)
 
 
-def beam_search(sessions, ids, mask, features, max_new_tokens, beams, eos, token_id) -> list[list[int]]:
+def beam_search(run, sessions, ids, mask, features, max_new_tokens, beams, eos, token_id) -> list[list[int]]:
     """transformers' vectorised beam search (its _beam_search), in numpy; returns the best beam per prompt."""
     batch, width = ids.shape
     keep = max(2, 1 + len(eos)) * beams
     ids, mask = np.repeat(ids, beams, 0), np.repeat(mask, beams, 0)
     feats = None if features is None else repeat_features(features, ids[::beams], beams, token_id)
-    logits, past = sessions.step(sessions.embed(ids, feats), mask, positions(mask, width), sessions.empty_past(batch * beams))
+    logits, past = run(sessions.embed(ids, feats), mask, positions(mask, width), sessions.empty_past(batch * beams))
     run_seq = np.zeros((batch, beams, max_new_tokens), np.int64)
     run_score = np.full((batch, beams), -1e9, np.float32)
     run_score[:, 0] = 0
@@ -164,7 +179,7 @@ def beam_search(sessions, ids, mask, features, max_new_tokens, beams, eos, token
             break
         mask = np.concatenate([mask, np.ones((batch * beams, 1), np.int64)], axis=1)
         past = reorder(past, rows, sessions.device)
-        logits, past = sessions.step(sessions.embed(run_seq[:, :, t].reshape(-1, 1), None), mask, positions(mask, 1), past)
+        logits, past = run(sessions.embed(run_seq[:, :, t].reshape(-1, 1), None), mask, positions(mask, 1), past)
     return [fin["seq"][b, 0, :fin["len"][b, 0]].tolist() for b in range(batch)]
 
 

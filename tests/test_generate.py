@@ -163,3 +163,12 @@ def test_generate_text_streams_what_it_returns(llama):
     assert "".join(pieces) == text
     with pytest.raises(VqtoolError, match="prompt is empty"):
         generate_text(llama[2], tok, "  ")
+
+
+def test_min_new_tokens_keeps_eos_out_like_pytorch(llama):
+    model, _, sessions = llama
+    free = generate(sessions, PROMPTS[:1], max_new_tokens=10)[0]
+    eos = free[3]
+    ours = generate(sessions, PROMPTS[:1], max_new_tokens=10, eos_ids=[eos], min_new_tokens=6)[0]
+    assert ours == torch_generate(model, PROMPTS[:1], 10, eos=eos, min_new_tokens=6)[0]
+    assert len(ours) >= 6 and eos not in ours[:6]

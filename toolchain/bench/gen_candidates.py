@@ -58,9 +58,11 @@ class TorchStreamer:
         pass
 
 
-def ours_runner(sessions: GenSessions) -> Runner:
+def ours_runner(sessions: GenSessions, sessions_eos: list[int]) -> Runner:
     def run(ids, new_tokens, on_token):
-        return generate(sessions, ids, max_new_tokens=new_tokens, on_token=on_token, eos_ids=())[0]
+        # EOS suppressed until new_tokens, as torch's min_new_tokens and genai's min_length do
+        return generate(sessions, ids, max_new_tokens=new_tokens, on_token=on_token, eos_ids=sessions_eos,
+                        min_new_tokens=new_tokens)[0]
     return run
 
 
@@ -142,10 +144,10 @@ def onnx_files(path: Path) -> list[Path]:
     return [p for p in path.parent.iterdir() if p.name == path.name or p.name.startswith(path.name + ".")]
 
 
-def our_candidates(files: dict[str, Path], embedding: Path, threads: int) -> list[Candidate]:
+def our_candidates(files: dict[str, Path], embedding: Path, threads: int, eos: list[int]) -> list[Candidate]:
     out = []
     for variant, path in files.items():
         sessions = GenSessions(path, embedding, threads=threads)
-        out.append(Candidate(f"ours {variant}", ours_runner(sessions), onnx_files(path),
+        out.append(Candidate(f"ours {variant}", ours_runner(sessions, eos), onnx_files(path),
                              ["ours", str(path), str(embedding), str(threads)]))
     return out

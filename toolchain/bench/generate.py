@@ -117,9 +117,9 @@ def bench_generate(arch: str, variants: list[str], threads: int, tokens: int, ro
         files = export_ours(model, tmp / "export", variants, gguf, quant, report)
         embedding = tmp / "export" / "embedding.onnx"
         cands = [Candidate("torch eager fp32", torch_runner(model, threads), [], ["torch", str(hf), str(threads)])]
-        cands += our_candidates(files, embedding, threads)
+        cands += our_candidates(files, embedding, threads, eos)
         if cpu_target:
-            cands += our_candidates(export_cpu_target(model, tmp / "cpu-target", quant, report), embedding, threads)
+            cands += our_candidates(export_cpu_target(model, tmp / "cpu-target", quant, report), embedding, threads, eos)
         cands += genai_candidates(model, files, embedding, hf, tmp, threads, eos, builder, quant, report)
         results = {c.name: [] for c in cands}
         with report.task(f"timing {len(cands)} candidates, {rounds} interleaved rounds", rounds * len(cands)) as step:
