@@ -292,3 +292,26 @@ def test_unsupported_variant_fails_and_leaves_nothing_behind(tiny_run, tmp_path)
     assert "int3" in str(exc.value) and "int8-static" in str(exc.value)
     assert not target.exists()
     assert not list(tmp_path.iterdir()), f"left behind: {[p.name for p in tmp_path.iterdir()]}"
+
+
+def test_r1_gate_counts_decisive_flips_and_reports_near_ties():
+    """A near-tied caption flipping is reported, not gated; a decided one is gated (export/parity.py)."""
+    import numpy as np
+
+    from export.parity import Outputs, compare, reference_failures
+    from toolchain.recipe import GateSection
+
+    videos, no_frames = np.eye(4, dtype=np.float32), np.zeros((4, 1))
+    ref_text, got_text = np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32)
+    ref_text[1] = [0.0, 1.0, 0.9995, 0.0]  # the reference puts video 1 first for caption 1, by 5e-4
+    got_text[1] = [0.0, 0.9990, 0.9995, 0.0]  # the variant puts video 2 first: one caption of 4 lost
+    gate = GateSection(min_cosine=0.9, max_r1_drop=0.0)
+    result = compare(Outputs(videos, no_frames, ref_text), Outputs(videos, no_frames, got_text))
+    assert result["retrieval"]["delta"] == pytest.approx(-25.0)
+    assert result["retrieval"]["delta_beyond_ties"] == 0.0 and result["retrieval"]["near_tie_flips"] == 1
+    assert not [f for f in reference_failures("v", result, gate) if "R@1" in f]
+    ref_text[1] = [0.0, 1.0, 0.5, 0.0]  # decided by 0.5: the same flip now fails the gate
+    result = compare(Outputs(videos, no_frames, ref_text), Outputs(videos, no_frames, got_text))
+    assert result["retrieval"]["delta_beyond_ties"] == pytest.approx(-25.0)
+    assert result["retrieval"]["near_tie_flips"] == 0
+    assert [f for f in reference_failures("v", result, gate) if "R@1 dropped 25.00" in f]
