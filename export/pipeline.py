@@ -9,6 +9,7 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
+from export.check_runtime import compare_variants, require_runtime, retrieval_feeds
 from export.merge import merged_model
 from export.onnx_export import FORMAT_VERSION, export_text_encoder, export_video_encoder
 from export.parity import (
@@ -18,6 +19,7 @@ from export.quantize import (
     FP16_KEEP_FLOAT32, INT4_LEVEL_ORDER, STATIC_OP_TYPES, SUPPORTED, Int8Options, VariantOptions, make_variant, optimize_fp32,
 )
 from export.report import parity_markdown
+from export.validate import graph_report
 from export.tokenize import encode_texts, load_tokenizer
 from toolchain import rundir
 from toolchain.data.clips import group_by_video
@@ -114,8 +116,15 @@ def check_variants(variants: list[str]) -> list[str]:
     return variants if "fp32" in variants else ["fp32", *variants]  # the others derive from fp32
 
 
-def export_run(run_dir: Path, out_dir: Path, force: bool, variants: list[str] | None, report) -> dict:
-    """Build the export dir atomically; returns the parity report (its `passed` decides the exit code)."""
+def export_run(run_dir: Path, out_dir: Path, force: bool, variants: list[str] | None, report,
+               check_runtimes: list[str] = ()) -> dict:
+    """Build the export dir atomically; returns the parity report (its `passed` decides the exit code).
+
+    check_runtimes: second runtimes (e.g. "openvino") that run every variant on the parity clips and
+    are compared with ONNX Runtime's outputs (parity.json "runtimes"; a failure fails the gate).
+    """
+    for name in check_runtimes:
+        require_runtime(name)  # before any model loads
     rundir.check_target(out_dir, force)
     if variants:
         check_variants(variants)
@@ -132,6 +141,7 @@ def export_run(run_dir: Path, out_dir: Path, force: bool, variants: list[str] | 
         files, results = build_and_check_all(tmp, fp32, variants, refs, inputs, recipe, info, report)
         torch_latency = add_latency(tmp, files, results, trained, merged, inputs, recipe, report)
         parity = parity_report(results, torch_latency, refs, inputs, recipe)
+        add_runtime_checks(parity, tmp, files, inputs, check_runtimes, recipe.export.threads, report)
         rundir.write_json(tmp / "manifest.json", manifest(recipe, info, run_dir, files, parity.pop("dim"), temporal))
         rundir.write_json(tmp / "parity.json", parity)
         rundir.write_text(tmp / "parity.md", parity_markdown(parity))
@@ -196,11 +206,13 @@ def check_files(tmp: Path, files: dict, variant: str, refs: dict, inputs: Parity
     got = onnx_outputs(video, text, inputs)
     result = {key: compare(ref, got) for key, ref in refs.items()}
     result["vs_trained"]["video"]["frame_index_agreement_lsb_noise"] = noise_agreement(video, inputs, refs["vs_trained"])
+    graphs = {k: graph_report(tmp / files[k], variant) for k in ("video", "text")}
     failures = gate_failures(variant, result, recipe.export.gate(variant))
+    failures += [f"{variant}: {p}" for g in graphs.values() for p in g["problems"]]
     sizes = {k: (tmp / files[k]).stat().st_size / 1e6 for k in ("video", "text")}
     return {"file": files["video"], "size_mb": round(sum(sizes.values()), 3),
             "size_video_mb": round(sizes["video"], 3), "size_text_mb": round(sizes["text"], 3),
-            "passed": not failures, "failures": failures, **result.pop("vs_trained"), **result}
+            "passed": not failures, "failures": failures, "graphs": graphs, **result.pop("vs_trained"), **result}
 
 
 def build_and_check(tmp: Path, fp32: dict, variant: str, refs: dict, inputs: ParityInputs, recipe, feeds,
@@ -266,3 +278,17 @@ def parity_report(results: dict, torch_latency: dict, refs: dict, inputs: Parity
         | {"note": "float32 merged PyTorch vs as trained"},
         "dim": int(refs["vs_trained"].video.shape[1]),
     }
+
+
+def add_runtime_checks(parity: dict, tmp: Path, files: dict, inputs: ParityInputs, runtimes, threads: int,
+                       report) -> None:
+    """Every variant under each second runtime vs ONNX Runtime, on the parity (eval) clips, which
+    int8-static did not calibrate on; a disagreement fails the gate like any parity check."""
+    if not runtimes:
+        return
+    feeds = retrieval_feeds(inputs.clips, inputs.ids, inputs.mask)
+    parity["runtimes"] = {}
+    for name in runtimes:
+        with report.task(f"comparing {name} with onnxruntime", None):
+            parity["runtimes"][name] = compare_variants(tmp, files, feeds, name, threads)
+    parity["passed"] = parity["passed"] and all(r["passed"] for r in parity["runtimes"].values())

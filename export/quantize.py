@@ -14,6 +14,7 @@ from typing import Callable, get_args
 
 import onnx
 
+from export.validate import strip_unused_opsets, subgraphs
 from toolchain.errors import VqtoolError
 from toolchain.recipe import Variant
 
@@ -79,13 +80,18 @@ def optimize_fp32(src: Path, dst: Path) -> Path:
 
 
 def copy_metadata(src: Path, dst: Path) -> None:
-    """Keep vqtool's metadata_props (and the producer's opset imports) on a rewritten graph."""
+    """Finish a rewritten graph: vqtool's metadata_props from `src`, and only the opset imports it uses.
+
+    Every variant file passes through here (fp32 via optimize_fp32, the others via their builder), so
+    no file keeps the seven unused domains ORT's offline optimisation and quantizers declare.
+    """
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
     proto = onnx.load(str(dst))
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+    strip_unused_opsets(proto)
     onnx.save(proto, str(dst))
 
 
@@ -165,6 +171,44 @@ def quantize_int4(src: Path, dst: Path, block_size: int, symmetric: bool, accura
     return atomic(dst, write)
 
 
+def outer_inputs(node: onnx.NodeProto) -> list[str]:
+    """A node's inputs, plus the outer-scope values its subgraphs read (those must exist before it too)."""
+    names = [i for i in node.input if i]
+    for graph in subgraphs(node):
+        inner = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+        for sub in graph.node:
+            inner |= set(sub.output)
+            names += [i for i in outer_inputs(sub) if i not in inner]
+    return names
+
+
+def sort_topologically(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so every input is made before it is read, keeping the given order where it is valid.
+
+    ORT's float16 converter appends the Cast nodes it inserts around float32-kept ops (Resize) at the
+    end of the node list, after their consumers: ORT tolerates that, onnx.checker and other runtimes
+    need not. Values no node makes (graph inputs, initializers, outer scope) count as ready.
+    """
+    made = {o for n in graph.node for o in n.output}
+    ready = {i for n in graph.node for i in outer_inputs(n) if i not in made}
+    pending, ordered = list(graph.node), []
+    while pending:
+        left = []
+        for node in pending:
+            if all(i in ready for i in outer_inputs(node)):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                left.append(node)
+        if len(left) == len(pending):
+            raise VqtoolError(f"graph {graph.name!r} has a cycle or an input no node makes "
+                              f"(node {left[0].name!r}); re-export it")
+        pending = left
+    copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
 def convert_fp16(src: Path, dst: Path) -> Path:
     """float16 weights and math, for GPUs; uint8 frames / int64 ids in and float32 embeddings out."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -172,7 +216,9 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     def write(out: Path) -> None:
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
                                          op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FLOAT32)
+        sort_topologically(model.graph)
         onnx.save(model, str(out))
+        copy_metadata(src, out)
 
     return atomic(dst, write)
 
@@ -192,3 +238,55 @@ def make_variant(fp32: Path, variant: str, options: VariantOptions | None = None
         raise VqtoolError(f"export variant {variant!r} is not known; choose from {', '.join(SUPPORTED)} "
                           "(export.variants in the recipe, or --variants)")
     return builders[variant]()
+
+
+# --- generative decoders (export/gen_variants.py): additive, the functions above are unchanged ---
+
+def lm_head_matmul(proto: onnx.ModelProto) -> str | None:
+    """Name of the MatMul that produces the logits: the last one whose constant weight is [hidden, vocab]."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    vocab = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    heads = [n.name for n in proto.graph.node
+             if n.op_type == "MatMul" and n.input[1] in inits and list(inits[n.input[1]].dims)[-1:] == [vocab]]
+    return heads[-1] if heads else None
+
+
+def quantize_int4_decoder(src: Path, dst: Path, block_size: int = 32, symmetric: bool = False,
+                          accuracy_level: int = 4, lm_head_bits: int = 8) -> Path:
+    """Weight-only MatMulNBits (round to nearest) on a decoder; the lm_head at `lm_head_bits` (8, 4, or 32 = float).
+
+    An int4 lm_head is where small LMs start repeating themselves, so it stays 8-bit by default.
+    """
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if lm_head_bits not in (4, 8, 32):
+        raise VqtoolError(f"lm_head_bits must be 4, 8 or 32 (float), got {lm_head_bits!r}")
+
+    def write(out: Path) -> None:
+        proto = onnx.load(str(src))
+        head = [h for h in [lm_head_matmul(proto)] if h]
+        common = dict(block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level or None)
+        quant = MatMulNBitsQuantizer(proto, bits=4, nodes_to_exclude=head if lm_head_bits != 4 else [], **common)
+        quant.process()
+        proto = quant.model.model
+        if lm_head_bits == 8 and head:
+            quant = MatMulNBitsQuantizer(proto, bits=8, nodes_to_include=head, **common)
+            quant.process()
+            proto = quant.model.model
+        onnx.save(proto, str(out))
+        copy_metadata(src, out)
+
+    return atomic(dst, write)
+
+
+def quantize_int4_gguf(src: Path, dst: Path, blocks: dict, sources: dict, accuracy_level: int = 4) -> Path:
+    """int4 that holds a GGUF's Q4_1 (and Q8_0) blocks exactly instead of re-quantizing (export/gguf_int4.py)."""
+    from export.gguf_int4 import write_gguf_matmuls
+
+    def write(out: Path) -> None:
+        replaced = write_gguf_matmuls(src, out, blocks, sources, accuracy_level)
+        if not replaced:
+            raise VqtoolError(f"{src}: no MatMul weight matches a GGUF block tensor; export the model loaded from that GGUF")
+        copy_metadata(src, out)
+
+    return atomic(dst, write)

@@ -7,6 +7,11 @@ FP16_NOTE = ("fp16 is meant for GPUs (CUDA/TensorRT); these numbers are ONNX Run
              "Its speed is not gated.")
 
 
+def tie_note(retrieval: dict) -> str:
+    ties = retrieval.get("near_tie_flips", 0)
+    return f" ({ties} near-tie flip{'s' * (ties != 1)}, not gated)" if ties else ""
+
+
 def accuracy_rows(report: dict) -> list[str]:
     lines = [
         "| variant | size MB | vs fp32 | video min cos (as-trained / merged) | text min cos (as-trained / merged) "
@@ -20,7 +25,7 @@ def accuracy_rows(report: dict) -> list[str]:
             f"{v['video']['min_cosine']:.6f} / {m['video']['min_cosine']:.6f} | "
             f"{v['text']['min_cosine']:.6f} / {m['text']['min_cosine']:.6f} | "
             f"{100 * v['video']['frame_index_agreement']:.0f}% ({100 * v['video']['frame_index_agreement_lsb_noise']:.0f}%) | "
-            f"{ret['t2v_r1_torch']:.1f} → {ret['t2v_r1_onnx']:.1f} | {'pass' if v['passed'] else 'FAIL'} |"
+            f"{ret['t2v_r1_torch']:.1f} → {ret['t2v_r1_onnx']:.1f}{tie_note(ret)} | {'pass' if v['passed'] else 'FAIL'} |"
         )
     return lines
 
@@ -59,6 +64,43 @@ def notes(report: dict) -> list[str]:
     return out
 
 
+def graph_notes(report: dict) -> list[str]:
+    """One line: the graph check's verdict and each variant's opset imports (from parity.json "graphs")."""
+    checked = {n: v["graphs"] for n, v in report["variants"].items() if "graphs" in v}
+    if not checked:
+        return []
+    clean = all(not g["problems"] for graphs in checked.values() for g in graphs.values())
+    imports = "; ".join(f"{n}: " + ", ".join(f"{d} {ver}" for d, ver in graphs["video"]["opset_imports"].items())
+                        for n, graphs in checked.items())
+    verdict = "every graph passes" if clean else "FAILED on some graphs (listed below)"
+    return [f"- graph check (onnx.checker full_check, opset imports = domains the nodes use): {verdict}. "
+            f"Opset imports: {imports}"]
+
+
+def cell(metrics: dict, key: str, spec: str) -> str:
+    return format(metrics[key], spec) if key in metrics else "–"
+
+
+def runtime_rows(report: dict) -> list[str]:
+    """A second runtime vs ONNX Runtime on the same graphs and clips (`vqtool export --check-runtime`)."""
+    lines = []
+    for name, r in report.get("runtimes", {}).items():
+        lines += ["", f"Second runtime: {name} {r.get('version', '')} on {r.get('device', '')} "
+                  f"(inference precision {r.get('inference_precision', '?')}) vs {r['reference']}, "
+                  f"on the {r['inputs'].get('video', 0)} eval clips.", "",
+                  "| variant | video min cos | video max abs | frames agree | text min cos | gate (min cos) | result |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+        for variant, v in r["variants"].items():
+            vid = v.get("video", {}).get("outputs", {})
+            emb, idx = vid.get("video_embeds", {}), vid.get("frame_indices", {})
+            txt = v.get("text", {}).get("outputs", {}).get("text_embeds", {})
+            agree = f"{100 * idx['agreement']:.0f}%" if "agreement" in idx else "–"
+            lines.append(f"| {variant} | {cell(emb, 'min_cosine', '.6f')} | {cell(emb, 'max_abs_diff', '.2g')} | "
+                         f"{agree} | {cell(txt, 'min_cosine', '.6f')} | {v['min_cosine_gate']} | "
+                         f"{'pass' if v['passed'] else 'FAIL'} |")
+    return lines
+
+
 def parity_markdown(report: dict) -> str:
     verdict = "PASSED" if report["passed"] else "FAILED"
     first = next(iter(report["variants"].values()))["latency_ms"]
@@ -74,11 +116,13 @@ def parity_markdown(report: dict) -> str:
         f"Latency: one eval clip, {first['runs']} interleaved runs after warm-up, same thread count.",
         "",
         *latency_rows(report),
+        *runtime_rows(report),
     ]
-    extra = notes(report)
+    extra = notes(report) + graph_notes(report)
     if extra:
         lines += ["", *extra]
     failures = [f for v in report["variants"].values() for f in v["failures"]]
+    failures += [f for r in report.get("runtimes", {}).values() for f in r["failures"]]
     if failures:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
     return "\n".join(lines) + "\n"

@@ -163,3 +163,14 @@ def copy_with_manifest(export_dir: Path, tmp_path: Path, edit) -> Path:
     edit(manifest)
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
+
+
+@pytest.fixture(scope="session")
+def five_variant_export(tmp_path_factory, tiny_run) -> tuple[Path, dict]:
+    """(export dir, parity report) of `tiny_run` with all five variants (fp32, fp16, int8, int8-static, int4)."""
+    from export.pipeline import export_run
+    from toolchain.progress import Reporter
+
+    out = tmp_path_factory.mktemp("all-variants") / "export"
+    parity = export_run(tiny_run, out, False, ["fp32", "fp16", "int8", "int8-static", "int4"], Reporter(quiet=True))
+    return out, parity

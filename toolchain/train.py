@@ -27,11 +27,10 @@ from toolchain.data.prepare import ensure_data
 from toolchain.data.splits import frame_cache, load_data, load_split, read_splits
 from toolchain.distributed import LossModule, Processes, parameters_digest, shard
 from toolchain.errors import TrainingDivergedError
-from toolchain.models.assemble import build_trainable, build_video_model, model_info, save_adapter  # noqa: F401
+from toolchain.models.assemble import build_trainable, model_info, save_adapter
 from toolchain.progress import Reporter
 from toolchain.recipe import Recipe, TrainSection
 from toolchain.tasks import TASKS
-from toolchain.tasks.retrieval import contrastive_loss  # noqa: F401  (re-exported: the retrieval loss)
 from toolchain.tasks.task import Task
 
 

