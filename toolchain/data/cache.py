@@ -65,14 +65,15 @@ class Tally:
 
 class FrameCache:
     """decode(path, max_frames) -> frames, or clip(path, max_frames, preparer) -> compact entry,
-    through the cache; counts hits, misses and evictions. `max_bytes` None: no cap."""
+    through the cache; counts hits, misses and evictions. `max_bytes` None: no cap. `record`: add
+    the counts to the folder's stats.json when the cache goes (False: the caller reports them)."""
 
-    def __init__(self, folder: Path | None, max_bytes: float | None = None):
+    def __init__(self, folder: Path | None, max_bytes: float | None = None, record: bool = True):
         self.folder = Path(folder) if folder is not None else None
         self.max_bytes = max_bytes
         self.tally = Tally()
         self._size: int | None = None  # bytes held, known from the first write on
-        if self.folder is not None:
+        if self.folder is not None and record:
             weakref.finalize(self, flush_tally, self.folder, self.tally, max_bytes)
 
     hits = property(lambda self: self.tally.hits)
