@@ -130,13 +130,10 @@ def infer(
     from export.runtime import VideoTextRuntime
 
     rt = VideoTextRuntime(export_dir, variant=variant, providers=providers, threads=threads)
-    embeds, indices = zip(*(rt.encode_video(v) for v in video))
-    import numpy as np
-
-    scores = np.concatenate(embeds) @ rt.encode_text(list(text)).T
+    scores, indices = rt.score_videos(list(video), list(text))  # X-CLIP: captions conditioned on each video
     if as_json:
         out = {"videos": [str(v) for v in video], "texts": list(text), "scores": scores.round(6).tolist(),
-               "frame_indices": np.concatenate(indices).tolist(), "variant": variant, "providers": rt.providers}
+               "frame_indices": indices.tolist(), "variant": variant, "providers": rt.providers}
         typer.echo(json.dumps(out))
         return
     print_scores(video, text, scores, rt.providers[0])

@@ -15,6 +15,7 @@ from torch import nn
 
 from toolchain.adapters.temporal import TemporalContext, bind_temporal
 from toolchain.frames import MOTION_SCALE, check_frames, gather_frames, motion_energy, select_indices
+from toolchain.models import xclip_scoring
 from toolchain.models.preprocess import normalize_pixels, preprocess_frames, resize_frames
 
 
@@ -43,26 +44,52 @@ class VideoCLIP(nn.Module):
                              mean=self.mean, std=self.std, resize_shortest=self.resize_shortest,
                              rescale=self.rescale, resample=self.resample)
 
-    def encode_pixels(self, pixels: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+    @property
+    def conditioned(self) -> bool:
+        """Captions are scored conditioned on each video (X-CLIP's prompt generator), not by a plain dot product."""
+        return self.family == "xclip"
+
+    def encode_video_parts(self, pixels: torch.Tensor, motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(video embeddings [B,D] L2-normalised, X-CLIP's prompt context [B,P,D] or None)."""
         b, k = pixels.shape[:2]
         flat = pixels.reshape(b * k, *pixels.shape[2:])
         self.temporal.k, self.temporal.motion, self.temporal.active = k, motion, True
         try:
             if self.family == "xclip":  # frames attend to each other inside the tower, then its mit pools
-                return F.normalize(self.clip.get_video_features(pixel_values=pixels).pooler_output.float(), dim=-1)
+                return xclip_scoring.video_features(self.clip, pixels)
             feats = self.clip.get_image_features(pixel_values=flat).pooler_output
         finally:
             self.temporal.active, self.temporal.motion = False, None
         feats = feats.float().reshape(b, k, -1)
-        return F.normalize(feats.mean(dim=1) if self.pool is None else self.pool(feats), dim=-1)
+        return F.normalize(feats.mean(dim=1) if self.pool is None else self.pool(feats), dim=-1), None
+
+    def encode_pixels(self, pixels: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        return self.encode_video_parts(pixels, motion)[0]
 
     def encode_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pixels, idx, motion = self.prepare_frames(frames)
         return self.encode_pixels(pixels, motion), idx
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def encode_frames_parts(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """uint8 frames -> (video embeddings, frame indices, prompt context or None)."""
+        pixels, idx, motion = self.prepare_frames(frames)
+        video, context = self.encode_video_parts(pixels, motion)
+        return video, idx, context
+
+    def encode_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Projected text features [B,D], not normalised (what X-CLIP's prompt generator conditions)."""
         out = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
-        return F.normalize(out.pooler_output.float(), dim=-1)
+        return out.pooler_output.float()
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encode_text_features(input_ids, attention_mask), dim=-1)
+
+    def scores(self, video: torch.Tensor, context: torch.Tensor | None, text_features: torch.Tensor) -> torch.Tensor:
+        """The model's cosine scores [V,T]: video embeddings against text features (normalised here),
+        conditioned on each video when the family does that (context from encode_video_parts)."""
+        if context is None:
+            return video @ F.normalize(text_features, dim=-1).T
+        return xclip_scoring.score_in_chunks(self.clip, video, context, text_features)
 
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.detach().float().exp().clamp(max=100.0)
