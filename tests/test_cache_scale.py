@@ -201,3 +201,21 @@ def test_a_killed_prepare_resumes_without_redoing_finished_entries(shapes_data, 
     recipe = load_recipe(SHIPPED_RECIPE, sets)
     clips = load_clips(root / "train.jsonl", recipe_preparer(recipe), 64, FrameCache(folder), memory_bytes=0)
     assert clips.streamed and (clips.load["cache_hits"], clips.load["cache_misses"]) == (len(rows), 0)
+
+
+def test_a_large_annotation_file_reports_malformed_rows_by_line_and_shares_paths(tmp_path):
+    from toolchain.data.formats import read_jsonl
+    from toolchain.recipe import DataSection
+
+    (tmp_path / "videos").mkdir()
+    for i in range(50):
+        (tmp_path / "videos" / f"v{i}.mp4").touch()
+    lines = [json.dumps({"video": f"videos/v{i % 50}.mp4", "caption": f"caption {i}"}) for i in range(5000)]
+    lines[2], lines[1999], lines[4998] = "{not json", json.dumps({"video": "videos/v1.mp4"}), json.dumps({"video": 3, "caption": "x"})
+    lines.insert(10, "")  # a blank line is skipped but still counted
+    (tmp_path / "ann.jsonl").write_text("\n".join(lines) + "\n")
+    split = read_jsonl(DataSection(format="jsonl"), str(tmp_path / "ann.jsonl"))
+    where = [w.rsplit(":", 1)[1] for w, _ in split.skipped]
+    assert where == ["3", "2001", "5000"], split.skipped
+    assert "not valid JSON" in split.skipped[0][1] and "missing key 'caption'" in split.skipped[1][1]
+    assert len(split.pairs) == 4997 and len({id(s.video) for s in split.pairs}) == 50  # one Path per video
