@@ -104,3 +104,30 @@ def _captions(recipe, info):
     from toolchain.data.formats import read_split
 
     return [caps[0] for caps in group_by_video(read_split(recipe.data, "eval"))[1]]
+
+
+def test_a_scorer_that_cannot_be_exported_is_reported_and_fails_parity(xclip_base, tmp_path):
+    import io
+
+    from rich.console import Console
+    from transformers import CLIPConfig, CLIPModel
+
+    from export.parity import Outputs, compare, gate_failures
+    from export.pipeline import scorer_graph
+    from toolchain.models.video_clip import VideoCLIP
+    from toolchain.progress import Reporter
+    from toolchain.recipe import ExportSection
+
+    plain = VideoCLIP(CLIPModel(CLIPConfig()).eval(), 4, "uniform", 224, (0.5,) * 3, (0.5,) * 3)  # no prompt generator
+    out = io.StringIO()
+    path, scoring = scorer_graph(plain, tmp_path / "scorer.onnx", 18, {}, "torchscript", Reporter(Console(file=out, width=300)))
+    assert path is None and scoring["exported"] is False and "AttributeError" in scoring["reason"]
+    assert "could not be exported" in out.getvalue() and "parity.json measures the difference" in out.getvalue()
+
+    rng = np.random.default_rng(0)
+    video, text = rng.normal(size=(3, 8)), rng.normal(size=(3, 8))
+    ref = Outputs(video, np.zeros((3, 2), np.int64), text, scores=video @ text.T + rng.normal(size=(3, 3)))
+    result = compare(ref, Outputs(video, np.zeros((3, 2), np.int64), text))
+    assert result["scores"]["conditioned_onnx"] is False and result["scores"]["max_abs_diff"] > 0
+    failures = gate_failures("fp32", {"vs_trained": result}, ExportSection().gate("fp32"))
+    assert any("plain dot products, not the model's video-conditioned scores" in f for f in failures)
