@@ -124,14 +124,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, required=True, help="work folder: caches, runs, the tables")
     ap.add_argument("--data", type=Path, default=None, help="the synthetic set (default ROOT/set, rendered if missing)")
-    ap.add_argument("--sizes", default="500,2000,8000")
+    ap.add_argument("--sizes", default="500,2000,8000", help='comma list of clip counts ("": skip the growth table)')
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--capped-gb", type=float, default=None)
     ap.add_argument("--scaling", type=int, default=None, help="clips for the 1 vs 2 worker comparison")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    data = ensure_set(args.data or args.root / "set", max(sizes))
+    sizes = [int(s) for s in args.sizes.split(",") if s]  # --sizes "": only the capped/scaling parts
+    data = ensure_set(args.data or args.root / "set", max(sizes + [args.scaling or 0]))
     rows = []
     for n in sizes:
         train, cache = subset(data, n), args.root / f"cache-{n}"
@@ -143,7 +143,7 @@ def main() -> None:
                      "start_rss_mb": t["rss_mb"], "train_cache_misses": t["misses"], "load_average": load})
         print(json.dumps(rows[-1]), flush=True)
     result = {"rows": rows, "workers": args.workers}
-    if args.capped_gb:
+    if args.capped_gb and sizes:
         n = max(sizes)
         p = prepare(data, subset(data, n), args.root / "cache-capped", args.workers, (f"data.cache_max_gb={args.capped_gb}",))
         result["capped"] = {"clips": n, "cap_gb": args.capped_gb, **p}
@@ -151,7 +151,12 @@ def main() -> None:
     if args.scaling:
         result["scaling"] = scaling(data, args.root, args.scaling, args.repeats)
         print(json.dumps(result["scaling"]), flush=True)
-    md = table(rows)
+    md = table(rows) if rows else ""
+    if "scaling" in result:
+        sc = result["scaling"]
+        md += (f"\nprepare of {sc['clips']} clips, steady clips/s (median of {args.repeats}, alternating): "
+               f"1 worker {sc['median'][1]:.1f}, 2 workers {sc['median'][2]:.1f}, ratio {sc['ratio_2_vs_1']:.2f}; "
+               f"load average {sc['load_before']} before, {sc['load_after']} after\n")
     (args.root / "scale.md").write_text(md)
     (args.root / "scale.json").write_text(json.dumps(result, indent=2))
     print(md)
