@@ -238,3 +238,55 @@ def make_variant(fp32: Path, variant: str, options: VariantOptions | None = None
         raise VqtoolError(f"export variant {variant!r} is not known; choose from {', '.join(SUPPORTED)} "
                           "(export.variants in the recipe, or --variants)")
     return builders[variant]()
+
+
+# --- generative decoders (export/gen_variants.py): additive, the functions above are unchanged ---
+
+def lm_head_matmul(proto: onnx.ModelProto) -> str | None:
+    """Name of the MatMul that produces the logits: the last one whose constant weight is [hidden, vocab]."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    vocab = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    heads = [n.name for n in proto.graph.node
+             if n.op_type == "MatMul" and n.input[1] in inits and list(inits[n.input[1]].dims)[-1:] == [vocab]]
+    return heads[-1] if heads else None
+
+
+def quantize_int4_decoder(src: Path, dst: Path, block_size: int = 32, symmetric: bool = False,
+                          accuracy_level: int = 4, lm_head_bits: int = 8) -> Path:
+    """Weight-only MatMulNBits (round to nearest) on a decoder; the lm_head at `lm_head_bits` (8, 4, or 32 = float).
+
+    An int4 lm_head is where small LMs start repeating themselves, so it stays 8-bit by default.
+    """
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if lm_head_bits not in (4, 8, 32):
+        raise VqtoolError(f"lm_head_bits must be 4, 8 or 32 (float), got {lm_head_bits!r}")
+
+    def write(out: Path) -> None:
+        proto = onnx.load(str(src))
+        head = [h for h in [lm_head_matmul(proto)] if h]
+        common = dict(block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level or None)
+        quant = MatMulNBitsQuantizer(proto, bits=4, nodes_to_exclude=head if lm_head_bits != 4 else [], **common)
+        quant.process()
+        proto = quant.model.model
+        if lm_head_bits == 8 and head:
+            quant = MatMulNBitsQuantizer(proto, bits=8, nodes_to_include=head, **common)
+            quant.process()
+            proto = quant.model.model
+        onnx.save(proto, str(out))
+        copy_metadata(src, out)
+
+    return atomic(dst, write)
+
+
+def quantize_int4_gguf(src: Path, dst: Path, blocks: dict, sources: dict, accuracy_level: int = 4) -> Path:
+    """int4 that holds a GGUF's Q4_1 (and Q8_0) blocks exactly instead of re-quantizing (export/gguf_int4.py)."""
+    from export.gguf_int4 import write_gguf_matmuls
+
+    def write(out: Path) -> None:
+        replaced = write_gguf_matmuls(src, out, blocks, sources, accuracy_level)
+        if not replaced:
+            raise VqtoolError(f"{src}: no MatMul weight matches a GGUF block tensor; export the model loaded from that GGUF")
+        copy_metadata(src, out)
+
+    return atomic(dst, write)

@@ -7,6 +7,11 @@ FP16_NOTE = ("fp16 is meant for GPUs (CUDA/TensorRT); these numbers are ONNX Run
              "Its speed is not gated.")
 
 
+def tie_note(retrieval: dict) -> str:
+    ties = retrieval.get("near_tie_flips", 0)
+    return f" ({ties} near-tie flip{'s' * (ties != 1)}, not gated)" if ties else ""
+
+
 def accuracy_rows(report: dict) -> list[str]:
     lines = [
         "| variant | size MB | vs fp32 | video min cos (as-trained / merged) | text min cos (as-trained / merged) "
@@ -20,7 +25,7 @@ def accuracy_rows(report: dict) -> list[str]:
             f"{v['video']['min_cosine']:.6f} / {m['video']['min_cosine']:.6f} | "
             f"{v['text']['min_cosine']:.6f} / {m['text']['min_cosine']:.6f} | "
             f"{100 * v['video']['frame_index_agreement']:.0f}% ({100 * v['video']['frame_index_agreement_lsb_noise']:.0f}%) | "
-            f"{ret['t2v_r1_torch']:.1f} → {ret['t2v_r1_onnx']:.1f} | {'pass' if v['passed'] else 'FAIL'} |"
+            f"{ret['t2v_r1_torch']:.1f} → {ret['t2v_r1_onnx']:.1f}{tie_note(ret)} | {'pass' if v['passed'] else 'FAIL'} |"
         )
     return lines
 

@@ -18,7 +18,8 @@ def test_bench_memory_tiny_json_and_relations(run_cli, tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     m = result["methods"]
     assert list(m) == ["full", "lora", "qlora", "qlora-8bit"]
-    for name in ("full", "lora", "qlora"):
+    for name in ("full", "lora", "qlora", "qlora-8bit"):  # every method must run: a failure is no skip
+        assert "failed" not in m[name], m[name]
         assert FIELDS <= set(m[name]), (name, FIELDS - set(m[name]))
         assert m[name]["peak_mb"] > 0 and m[name]["step_s"] > 0
         assert m[name]["peak_mb"] >= 0.9 * m[name]["baseline_mb"]  # peak since the reset starts at the baseline
@@ -34,8 +35,9 @@ def test_bench_memory_tiny_json_and_relations(run_cli, tmp_path):
     assert full["live_peak_mb"] >= full["weight_mb"] * 3  # weights + gradients + two AdamW moments
     assert full["optimizer_mb"] == pytest.approx(8 * full["trainable_params"] / 2**20, abs=0.1)
     assert lora["optimizer_mb"] == pytest.approx(8 * lora["trainable_params"] / 2**20, abs=0.1)
-    int8 = m["qlora-8bit"]
-    assert ("skipped" in int8 and int8["skipped"]) or int8["weight_mb"] < lora["weight_mb"]
+    int8 = m["qlora-8bit"]  # LLM.int8 stores one byte per base weight: between fp32 LoRA and NF4 QLoRA
+    assert qlora["weight_mb"] < int8["weight_mb"] < lora["weight_mb"]
+    assert int8["trainable_params"] == lora["trainable_params"] and int8["base_params"] == lora["base_params"]
     assert result["ratios"]["qlora_vs_lora"] == round(qlora["peak_mb"] / lora["peak_mb"], 3)
     assert json.loads((tmp_path / "memory.json").read_text()) == result
     assert "| qlora |" in (tmp_path / "memory.md").read_text()
@@ -96,3 +98,40 @@ def test_memory_markdown_names_the_allocator_environment(monkeypatch):
     assert "glibc allocator environment: MALLOC_MMAP_THRESHOLD_=131072" in markdown(result)
     row["malloc_env"] = {}
     assert "allocator" not in markdown(result)
+
+
+def test_a_method_that_fails_is_a_failed_row_and_the_command_exits_1(tmp_path):
+    """The method's process dies (here: no checkpoint to load); its row says FAILED and why, the
+    others still run, the files are written, and the exit code is 1, never a silent skip."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import cli_env
+    from toolchain.bench.memory import markdown, run_method
+
+    row = run_method("qlora-8bit", str(tmp_path / "no-such-checkpoint"), 2, 2, 1, 4)
+    assert set(row) == {"method", "failed"} and row["method"] == "qlora-8bit"
+    assert "no-such-checkpoint" in row["failed"] and "exit 1" in row["failed"]
+
+    code = textwrap.dedent(f"""
+        import sys
+        import toolchain.bench.memory as memory
+        real = memory.run_method
+        def run_method(method, checkpoint, *args):  # qlora-8bit's process gets a checkpoint that is not there
+            return real(method, "/no/such/checkpoint" if method == "qlora-8bit" else checkpoint, *args)
+        memory.run_method = run_method
+        from toolchain.cli import main
+        sys.argv = ["vqtool", "bench", "memory", "--arch", "tiny", "--frames", "2", "--steps", "1",
+                    "--methods", "lora,qlora-8bit", "--out", {str(tmp_path)!r}]
+        main()
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and "qlora-8bit: " in proc.stderr and "/no/such/checkpoint" in proc.stderr
+    result = json.loads((tmp_path / "memory.json").read_text())
+    assert "failed" in result["methods"]["qlora-8bit"] and "failed" not in result["methods"]["lora"]
+    assert result["methods"]["lora"]["peak_mb"] > 0  # the method that works still ran and measured
+    table = (tmp_path / "memory.md").read_text()
+    assert "| qlora-8bit | FAILED: " in table and "| lora | FAILED" not in table
+    assert markdown(result) == table

@@ -59,3 +59,33 @@ def test_r5_and_r10_cut_offs():
     assert t2v["r5"] == pytest.approx(500 / n)
     assert t2v["r10"] == pytest.approx(1000 / n)
     assert t2v["mean_rank"] == pytest.approx((n + 1) / 2)
+
+
+def test_a_non_square_matrix_needs_video_of():
+    with pytest.raises(ValueError, match=r"\(5, 4\) similarity matrix needs video_of"):
+        retrieval_metrics(np.zeros((5, 4)))
+    with pytest.raises(ValueError, match=r"\(4, 5\) similarity matrix needs video_of"):
+        retrieval_metrics(np.zeros((4, 5)))
+
+
+def test_several_captions_per_video_rank_against_every_caption():
+    from toolchain.evaluate import v2t_ranks
+
+    # captions 0,1 -> video 0; 2 -> video 1; 3,4 -> video 2
+    sim = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.1], [0.1, 0.7, 0.0], [0.0, 0.3, 0.9], [0.5, 0.0, 0.2]])
+    video_of = np.array([0, 0, 1, 2, 2])
+    ranks = v2t_ranks(sim, video_of)
+    assert ranks.dtype == np.int64 and ranks.tolist() == [1, 2, 1]  # video 1: caption 1 (0.8) beats its 0.7
+    m = retrieval_metrics(sim, None, video_of)
+    assert m["captions"] == 5 and m["videos"] == 3
+    assert m["t2v"]["r1"] == pytest.approx(60.0)  # captions 0, 2, 3 rank their own video first
+    assert m["v2t"]["r1"] == pytest.approx(200 / 3)
+    with pytest.raises(ValueError, match="video 1 has no caption"):
+        v2t_ranks(sim, np.array([0, 0, 2, 2, 2]))
+
+
+def test_within_group_needs_the_square_one_caption_per_video_case():
+    """3 captions for 4 videos: no within-group R@1 (and video 3, with no caption, is an error)."""
+    sim = np.eye(3, 4)
+    with pytest.raises(ValueError, match="video 3 has no caption"):
+        retrieval_metrics(sim, ["a", "a", "b", "b"], [0, 1, 2])

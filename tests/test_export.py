@@ -93,8 +93,9 @@ def test_parity_thresholds(parity):
         assert int8[out]["min_cosine"] >= 0.99
     assert fp32["video"]["frame_index_agreement"] == 1.0
     assert int8["video"]["frame_index_agreement"] == 1.0
-    # the uniform selector depends only on N, so ±1 LSB noise cannot move it
-    assert fp32["video"]["frame_index_agreement_lsb_noise"] == 1.0
+    # ±1 LSB noise agreement is measured with the motion selector (which reads pixels) in
+    # test_cli_documented.py; this export's uniform selector ignores pixel values, so it is only a field here.
+    assert 0.0 <= fp32["video"]["frame_index_agreement_lsb_noise"] <= 1.0
     assert fp32["retrieval"]["delta"] == 0.0
 
 
@@ -170,8 +171,11 @@ def test_onnx_matches_torch_on_odd_clips(video_sessions, merged, variant, shape)
         ref, ref_idx = merged_model.encode_frames(torch.from_numpy(clip)[None])
     assert np.array_equal(idx, ref_idx.numpy())
     assert emb.shape == tuple(ref.shape) and emb.dtype == np.float32
-    tol = 1e-4 if variant == "fp32" else 5e-2
+    # Measured on these clips (unit vectors): fp32 max abs <= 9e-8, cosine 1.0; int8 max abs 0.0011-0.0021,
+    # min cosine 0.99998. The bounds leave ~5x (int8) and 1000x (fp32, exporter-dependent folding) room.
+    tol, min_cos = (1e-4, 0.99999) if variant == "fp32" else (1e-2, 0.9995)
     assert np.abs(emb - ref.numpy()).max() < tol
+    assert float((emb * ref.numpy()).sum()) >= min_cos
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
 
 
@@ -182,7 +186,7 @@ def test_onnx_batch_of_clips(tiny_export, merged):
     with torch.no_grad():
         ref, ref_idx = merged_model.encode_frames(torch.from_numpy(batch))
     assert idx.shape == (2, TINY_K) and np.array_equal(idx, ref_idx.numpy())
-    assert np.abs(emb - ref.numpy()).max() < 1e-4
+    assert np.abs(emb - ref.numpy()).max() < 1e-4 and (emb * ref.numpy()).sum(1).min() >= 0.99999
     assert np.abs(emb[0] - emb[1]).max() > 1e-3, "different clips should embed differently"
 
 
@@ -194,7 +198,7 @@ def test_text_graph_matches_torch(tiny_export, merged):
     with torch.no_grad():
         ref = merged_model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     assert emb.shape == ref.shape == (3, emb.shape[1])
-    assert np.abs(emb - ref).max() < 1e-4
+    assert np.abs(emb - ref).max() < 1e-4 and (emb * ref).sum(1).min() >= 0.99999
 
 
 def perturbed_copy(src, dst) -> str:
@@ -288,3 +292,26 @@ def test_unsupported_variant_fails_and_leaves_nothing_behind(tiny_run, tmp_path)
     assert "int3" in str(exc.value) and "int8-static" in str(exc.value)
     assert not target.exists()
     assert not list(tmp_path.iterdir()), f"left behind: {[p.name for p in tmp_path.iterdir()]}"
+
+
+def test_r1_gate_counts_decisive_flips_and_reports_near_ties():
+    """A near-tied caption flipping is reported, not gated; a decided one is gated (export/parity.py)."""
+    import numpy as np
+
+    from export.parity import Outputs, compare, reference_failures
+    from toolchain.recipe import GateSection
+
+    videos, no_frames = np.eye(4, dtype=np.float32), np.zeros((4, 1))
+    ref_text, got_text = np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32)
+    ref_text[1] = [0.0, 1.0, 0.9995, 0.0]  # the reference puts video 1 first for caption 1, by 5e-4
+    got_text[1] = [0.0, 0.9990, 0.9995, 0.0]  # the variant puts video 2 first: one caption of 4 lost
+    gate = GateSection(min_cosine=0.9, max_r1_drop=0.0)
+    result = compare(Outputs(videos, no_frames, ref_text), Outputs(videos, no_frames, got_text))
+    assert result["retrieval"]["delta"] == pytest.approx(-25.0)
+    assert result["retrieval"]["delta_beyond_ties"] == 0.0 and result["retrieval"]["near_tie_flips"] == 1
+    assert not [f for f in reference_failures("v", result, gate) if "R@1" in f]
+    ref_text[1] = [0.0, 1.0, 0.5, 0.0]  # decided by 0.5: the same flip now fails the gate
+    result = compare(Outputs(videos, no_frames, ref_text), Outputs(videos, no_frames, got_text))
+    assert result["retrieval"]["delta_beyond_ties"] == pytest.approx(-25.0)
+    assert result["retrieval"]["near_tie_flips"] == 0
+    assert [f for f in reference_failures("v", result, gate) if "R@1 dropped 25.00" in f]

@@ -57,16 +57,38 @@ def test_family_finetunes_exports_and_passes_parity(family_run):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family_run", ["clip-transformer"], indirect=True)
 def test_transformer_pooling_trains_and_is_saved(family_run):
     name, tmp, _, _ = family_run
-    pool_file = tmp / "run" / "adapter" / "pooling.safetensors"
-    if CASES[name][1] != "transformer":
-        assert not pool_file.exists()
-        return
-    state = load_file(str(pool_file))
+    state = load_file(str(tmp / "run" / "adapter" / "pooling.safetensors"))
     # zero at init; four steps of training moved the position table and the residual branches
     assert state["position"].abs().max() > 0
     assert state["encoder.layers.0.linear2.weight"].abs().max() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family_run", ["xclip"], indirect=True)
+def test_xclip_trains_its_own_video_layers_and_its_graph_matches_torch(family_run):
+    """X-CLIP pools with its own multi-frame transformer: no pooling file, its LoRA there trained, and the
+    exported graph gives the merged model's embedding on a clip it never saw."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from export.merge import merged_model
+
+    name, tmp, _, _ = family_run
+    assert not (tmp / "run" / "adapter" / "pooling.safetensors").exists()
+    lora = load_file(str(tmp / "run" / "adapter" / "adapter_model.safetensors"))
+    mit = [k for k in lora if ".mit." in k and "lora_B" in k]
+    assert mit and max(float(lora[k].abs().max()) for k in mit) > 0, "X-CLIP's mit LoRA did not train"
+    _, merged, recipe, _ = merged_model(tmp / "run")
+    clip = np.random.default_rng(5).integers(0, 256, (9, 40, 52, 3), dtype=np.uint8)
+    session = ort.InferenceSession(str(tmp / "export" / "video_encoder.onnx"), providers=["CPUExecutionProvider"])
+    emb, idx = session.run(None, {"frames": clip[None]})
+    with torch.no_grad():
+        ref, ref_idx = merged.encode_frames(torch.from_numpy(clip)[None])
+    assert idx.shape == (1, recipe.frames.k) and np.array_equal(idx, ref_idx.numpy())
+    assert float((emb * ref.numpy()).sum()) > 0.9999 and np.abs(emb - ref.numpy()).max() < 1e-4
 
 
 def test_transformer_pooling_starts_as_mean():

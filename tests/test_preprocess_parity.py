@@ -1,7 +1,11 @@
 """The fused preprocessing uses the checkpoint's own processor constants and matches the Hugging Face
 image processor's pixels (CLIPImageProcessor) on frames of odd aspect ratios, in PyTorch and in ONNX.
 
-Tolerance, in grey levels of the 0-255 input (|diff| * std * 255): mean <= 1 and max <= 5. The geometry (shortest-side resize with HF's integer
+Tolerance, in grey levels of the 0-255 input (|diff| * std * 255), per frame: mean <= 0.5, 99th and
+99.9th percentile <= 1.5, at most 0.02% of values more than 5 levels off, and max <= 16. Measured
+(both checkpoints, the five sizes, torch and ONNX alike): mean 0.24-0.29, p99 0.75-0.87, p99.9
+0.90-0.99, max 1.0-14.5; values beyond 5 levels: none on three sizes, at most 14 of 150,528 (the
+300x140 frame, upscaled 1.6x, where the max of 14.5 sits). The geometry (shortest-side resize with HF's integer
 rounding, centre crop) is the same; what differs is the filter implementation: PIL's bicubic rounds
 to uint8 after each of its two separable passes, torch's antialiased bicubic keeps floats, and the
 two disagree most where a small frame is upscaled across a sharp edge.
@@ -20,7 +24,8 @@ from toolchain.models.families import save_tiny_base, write_processor
 from toolchain.models.preprocess import preprocess_frames
 
 SIZES = [(97, 251), (300, 140), (480, 854), (33, 61), (720, 405)]
-MEAN_TOL, P99_TOL, MAX_TOL = 0.5, 1.5, 16.0  # grey levels
+MEAN_TOL, P99_TOL, P999_TOL, MAX_TOL = 0.5, 1.5, 1.5, 16.0  # grey levels
+FAR_LEVELS, FAR_SHARE = 5.0, 2e-4  # at most 0.02% of values more than 5 grey levels off
 
 
 def odd_frame(h: int, w: int, seed: int) -> np.ndarray:
@@ -86,8 +91,9 @@ def test_fused_pixels_match_the_hf_processor(checkpoint, tmp_path):
         for name, px in (("torch", torch_px), ("onnx", onnx_px)):
             diff = grey_levels(px - ref, info)
             assert px.shape == ref.shape == (3, 224, 224)
-            stats = (diff.mean(), np.percentile(diff, 99), diff.max())
-            assert stats[0] <= MEAN_TOL and stats[1] <= P99_TOL and stats[2] <= MAX_TOL, (name, (h, w), stats)
+            stats = (diff.mean(), np.percentile(diff, 99), np.percentile(diff, 99.9), diff.max(), (diff > FAR_LEVELS).mean())
+            assert stats[0] <= MEAN_TOL and stats[1] <= P99_TOL and stats[2] <= P999_TOL, (name, (h, w), stats)
+            assert stats[3] <= MAX_TOL and stats[4] <= FAR_SHARE, (name, (h, w), stats)
         assert np.abs(torch_px - onnx_px).max() < 1e-3  # the graph computes what training computed
 
 

@@ -161,7 +161,7 @@ def test_torchscript_export_is_right_on_shapes_it_was_not_traced_with(merged, to
     with torch.no_grad():
         ref, ref_idx = model.encode_frames(torch.from_numpy(clip)[None])
     assert np.array_equal(idx, ref_idx.numpy())
-    assert np.abs(emb - ref.numpy()).max() < 1e-4
+    assert np.abs(emb - ref.numpy()).max() < 1e-4 and float((emb * ref.numpy()).sum()) >= 0.99999
 
 
 def test_torchscript_text_export_matches_torch(merged, tmp_path):
@@ -174,7 +174,7 @@ def test_torchscript_text_export_matches_torch(merged, tmp_path):
         None, {"input_ids": ids, "attention_mask": mask})
     with torch.no_grad():
         ref = model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-    assert np.abs(emb - ref).max() < 1e-4
+    assert np.abs(emb - ref).max() < 1e-4 and (emb * ref).sum(1).min() >= 0.99999
 
 
 def test_bench_latency_reports_every_variant_against_torch():

