@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rt = VideoTextRuntime(args.export_dir, variant=args.variant, providers=args.providers)
         # A path is decoded with PyAV; a uint8 array [N, H, W, 3] (e.g. from a camera) works the same way.
-        video_embeds, frame_indices = rt.encode_video(args.video)
-        scores = (video_embeds @ rt.encode_text(args.captions).T)[0]
+        # score_videos is the model's own score: a dot product, or for X-CLIP each caption conditioned on the video.
+        scores, frame_indices = rt.score_videos([args.video], args.captions)
+        scores = scores[0]
     except VqtoolError as exc:  # a bad path, export dir, variant or provider: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,12 +10,17 @@ from pathlib import Path
 
 import torch
 
-from export.graph import TextEncoderGraph, VideoEncoderGraph
+from export.graph import ScorerGraph, TextEncoderGraph, VideoEncoderGraph
 from toolchain.models.video_clip import VideoCLIP
 
-FORMAT_VERSION = 1
+# The newest manifest format written. 2: a video-conditioned scorer graph (X-CLIP) is part of every
+# variant, so a runtime that only knows format 1 (dot products) must refuse it; plain exports stay 1.
+FORMAT_VERSION = 2
+PLAIN_FORMAT = 1
 VIDEO_INPUTS, VIDEO_OUTPUTS = ["frames"], ["video_embeds", "frame_indices"]
 TEXT_INPUTS, TEXT_OUTPUTS = ["input_ids", "attention_mask"], ["text_embeds"]
+CONTEXT_OUTPUT, FEATURES_OUTPUT = "video_context", "text_features"
+SCORER_INPUTS, SCORER_OUTPUTS = ["video_embeds", CONTEXT_OUTPUT, FEATURES_OUTPUT], ["scores"]
 
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -52,7 +57,20 @@ def export_onnx(module: torch.nn.Module, args: tuple, path: Path, inputs, output
 def export_video_encoder(model: VideoCLIP, path: Path, opset: int, metadata: dict, exporter: str = "dynamo") -> Path:
     example = torch.randint(0, 256, (2, max(model.k + 3, 12), 48, 64, 3), dtype=torch.uint8)
     dynamic = {"frames": dims("batch", "num_frames", "height", "width")}
-    export_onnx(VideoEncoderGraph(model), (example,), path, VIDEO_INPUTS, VIDEO_OUTPUTS, dynamic, opset, exporter)
+    outputs = VIDEO_OUTPUTS + [CONTEXT_OUTPUT] * model.conditioned
+    export_onnx(VideoEncoderGraph(model), (example,), path, VIDEO_INPUTS, outputs, dynamic, opset, exporter)
+    return set_metadata(path, metadata)
+
+
+def export_scorer(model: VideoCLIP, path: Path, opset: int, metadata: dict, exporter: str = "dynamo") -> Path:
+    """X-CLIP's scorer graph (any number of videos and captions)."""
+    cfg = model.clip.config
+    patches = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
+    dim = cfg.projection_dim
+    example = (torch.nn.functional.normalize(torch.randn(2, dim), dim=-1), torch.randn(2, patches, dim), torch.randn(3, dim))
+    videos = torch.export.Dim("videos", min=1, max=1 << 16)
+    dynamic = {"video_embeds": {0: videos}, CONTEXT_OUTPUT: {0: videos}, FEATURES_OUTPUT: dims("texts")}
+    export_onnx(ScorerGraph(model), example, path, SCORER_INPUTS, SCORER_OUTPUTS, dynamic, opset, exporter)
     return set_metadata(path, metadata)
 
 
@@ -62,7 +80,8 @@ def export_text_encoder(model: VideoCLIP, path: Path, opset: int, seq_len: int, 
     mask = torch.ones((2, seq_len), dtype=torch.int64)
     # The sequence length is fixed by the tokenizer's padding, so only the batch is dynamic.
     dynamic = {"input_ids": dims("batch"), "attention_mask": dims("batch")}
-    export_onnx(TextEncoderGraph(model), (ids, mask), path, TEXT_INPUTS, TEXT_OUTPUTS, dynamic, opset, exporter)
+    outputs = TEXT_OUTPUTS + [FEATURES_OUTPUT] * model.conditioned
+    export_onnx(TextEncoderGraph(model), (ids, mask), path, TEXT_INPUTS, outputs, dynamic, opset, exporter)
     return set_metadata(path, metadata)
 
 
@@ -71,7 +90,7 @@ def set_metadata(path: Path, metadata: dict) -> Path:
 
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
-    for key, value in {"vqtool.format": str(FORMAT_VERSION), **metadata}.items():
+    for key, value in {"vqtool.format": str(PLAIN_FORMAT), **metadata}.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, str(value)
     tmp = path.with_name(f".{path.name}.tmp")

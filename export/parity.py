@@ -18,6 +18,11 @@ class Outputs:
     video: np.ndarray  # [M, D]
     indices: np.ndarray  # [M, K]
     text: np.ndarray  # [M, D]
+    scores: np.ndarray | None = None  # [M videos, M texts]: the model's own scores when not a dot product (X-CLIP)
+
+    def t2v(self) -> np.ndarray:
+        """[texts, videos]: what retrieval ranks."""
+        return self.scores.T if self.scores is not None else self.text @ self.video.T
 
 
 @dataclass
@@ -29,16 +34,26 @@ class ParityInputs:
 
 @torch.no_grad()
 def torch_outputs(model: VideoCLIP, inputs: ParityInputs) -> Outputs:
+    """Embeddings, frame indices and, for a model that conditions captions on videos, its scores."""
     model.eval()
-    vids, idxs = zip(*(model.encode_frames(torch.from_numpy(c)[None]) for c in inputs.clips))
-    text = model.encode_text(torch.from_numpy(inputs.ids), torch.from_numpy(inputs.mask))
-    return Outputs(torch.cat(vids).numpy(), torch.cat(idxs).numpy(), text.numpy())
+    vids, idxs, contexts = zip(*(model.encode_frames_parts(torch.from_numpy(c)[None]) for c in inputs.clips))
+    features = model.encode_text_features(torch.from_numpy(inputs.ids), torch.from_numpy(inputs.mask))
+    video = torch.cat(vids)
+    scores = model.scores(video, torch.cat(contexts), features).numpy() if model.conditioned else None
+    text = torch.nn.functional.normalize(features, dim=-1)
+    return Outputs(video.numpy(), torch.cat(idxs).numpy(), text.numpy(), scores)
 
 
-def onnx_outputs(video_sess, text_sess, inputs: ParityInputs) -> Outputs:
+def onnx_outputs(video_sess, text_sess, inputs: ParityInputs, scorer_sess=None) -> Outputs:
+    """The graphs' outputs on the parity clips; with X-CLIP's scorer graph, its scores of every pair."""
     runs = [video_sess.run(None, {"frames": c[None]}) for c in inputs.clips]
-    text = text_sess.run(None, {"input_ids": inputs.ids, "attention_mask": inputs.mask})[0]
-    return Outputs(np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs]), text)
+    text_out = text_sess.run(None, {"input_ids": inputs.ids, "attention_mask": inputs.mask})
+    video = np.concatenate([r[0] for r in runs])
+    scores = None
+    if scorer_sess is not None:
+        feed = {"video_embeds": video, "video_context": np.concatenate([r[2] for r in runs]), "text_features": text_out[1]}
+        scores = scorer_sess.run(None, feed)[0]
+    return Outputs(video, np.concatenate([r[1] for r in runs]), text_out[0], scores)
 
 
 def lsb_noise(clips: list[np.ndarray], seed: int = 0) -> list[np.ndarray]:
@@ -59,7 +74,7 @@ def embedding_diff(ref: np.ndarray, got: np.ndarray) -> dict:
 
 
 def t2v_r1(out: Outputs) -> float:
-    return retrieval_metrics(out.text @ out.video.T)["t2v"]["r1"]
+    return retrieval_metrics(out.t2v())["t2v"]["r1"]
 
 
 # Two videos whose reference scores for a caption differ by less than this are tied: float16's spacing
@@ -74,7 +89,7 @@ def decisive_r1_delta(ref: Outputs, got: Outputs, tie_margin: float = TIE_MARGIN
     reference scored its video above the variant's pick by more than the margin; a caption gained,
     when the reference's own pick beat its video by more than the margin. Returns (delta, near-tie flips).
     """
-    s_ref, s_got = ref.text @ ref.video.T, got.text @ got.video.T
+    s_ref, s_got = ref.t2v(), got.t2v()
     truth = np.arange(len(s_ref))
     pick_ref, pick_got = s_ref.argmax(1), s_got.argmax(1)
     lost = (pick_ref == truth) & (pick_got != truth)
@@ -87,17 +102,25 @@ def decisive_r1_delta(ref: Outputs, got: Outputs, tie_margin: float = TIE_MARGIN
 
 
 def compare(ref: Outputs, got: Outputs) -> dict:
+    """Embeddings, frame indices and retrieval; retrieval ranks by each side's own scores (X-CLIP:
+    captions conditioned on each video), and `scores` compares those scores where both have them."""
     video = embedding_diff(ref.video, got.video)
     same_shape = ref.indices.shape == got.indices.shape
     video["frame_index_agreement"] = float(np.mean(np.all(ref.indices == got.indices, axis=1))) if same_shape else 0.0
     r_ref, r_got = t2v_r1(ref), t2v_r1(got)
+    top_ref, top_got = ref.t2v().argmax(axis=1), got.t2v().argmax(axis=1)
     decisive, ties = decisive_r1_delta(ref, got)
-    return {
+    out = {
         "video": video,
         "text": embedding_diff(ref.text, got.text),
         "retrieval": {"t2v_r1_torch": r_ref, "t2v_r1_onnx": r_got, "delta": r_got - r_ref,
-                      "delta_beyond_ties": decisive, "near_tie_flips": ties, "tie_margin": TIE_MARGIN},
+                      "delta_beyond_ties": decisive, "near_tie_flips": ties, "tie_margin": TIE_MARGIN,
+                      "t2v_top1_agreement": float(np.mean(top_ref == top_got))},
     }
+    if ref.scores is not None:
+        diff = np.abs(ref.scores - (got.scores if got.scores is not None else got.video @ got.text.T))
+        out["scores"] = {"max_abs_diff": float(diff.max()), "conditioned_onnx": got.scores is not None}
+    return out
 
 
 REFERENCES = {"vs_trained": "as-trained", "vs_merged": "merged fp32"}
@@ -119,6 +142,13 @@ def reference_failures(label: str, result: dict, gate: GateSection) -> list[str]
         ties = retrieval.get("near_tie_flips", 0)
         fails.append(f"{label}: t2v R@1 dropped {drop:.2f} points > {gate.max_r1_drop}"
                      + (f" (not counting {ties} near-tie flips)" if ties else ""))
+    scores = result.get("scores")
+    if scores is not None and not scores["conditioned_onnx"]:
+        fails.append(f"{label}: the ONNX scores are plain dot products, not the model's video-conditioned "
+                     f"scores (max abs diff {scores['max_abs_diff']:.3g}, t2v R@1 delta {-drop:+.2f})")
+    elif scores is not None and gate.max_r1_drop == 0 and retrieval.get("delta_beyond_ties", retrieval["delta"]) != 0:
+        fails.append(f"{label}: t2v R@1 from the exported scorer ({retrieval['t2v_r1_onnx']:.2f}) "
+                     f"differs from PyTorch's ({retrieval['t2v_r1_torch']:.2f})")
     return fails
 
 

@@ -11,7 +11,7 @@ import torch
 
 from export.check_runtime import compare_variants, require_runtime, retrieval_feeds
 from export.merge import merged_model
-from export.onnx_export import FORMAT_VERSION, export_text_encoder, export_video_encoder
+from export.onnx_export import FORMAT_VERSION, PLAIN_FORMAT, export_scorer, export_text_encoder, export_video_encoder
 from export.parity import (
     ParityInputs, compare, gate_failures, latency_table, noise_agreement, onnx_outputs, torch_outputs,
 )
@@ -84,9 +84,10 @@ def temporal_summary(recipe, info, merged) -> dict | None:
     return {**recipe.adapters.temporal.model_dump(), **branch_cost(merged.clip, tokens)}
 
 
-def manifest(recipe, info, run_dir: Path, files: dict, dim: int, temporal: dict | None) -> dict:
+def manifest(recipe, info, run_dir: Path, files: dict, dim: int, temporal: dict | None, scoring: dict | None = None) -> dict:
+    graphs = graph_contracts(recipe, dim, scoring)
     return {
-        "format": FORMAT_VERSION,
+        "format": FORMAT_VERSION if scoring and scoring["exported"] else PLAIN_FORMAT,
         "name": recipe.name,
         "source": {"run_dir": str(Path(run_dir).resolve()), "base": recipe.model.name_or_path,
                    "family": recipe.model.family, "pooling": recipe.model.pooling,
@@ -96,17 +97,30 @@ def manifest(recipe, info, run_dir: Path, files: dict, dim: int, temporal: dict 
         "frames": recipe.frames.model_dump(),
         "preprocessing": describe_preprocessing(info),
         "text": {"tokenizer": "tokenizer.json", "max_length": info.max_text_len},
-        "graphs": {
-            "video": {"inputs": {"frames": "uint8 [batch, num_frames, height, width, 3] RGB"},
-                      "outputs": {"video_embeds": f"float32 [batch, {dim}] L2-normalised",
-                                  "frame_indices": f"int64 [batch, {recipe.frames.k}]"}},
-            "text": {"inputs": {"input_ids": "int64 [batch, seq]", "attention_mask": "int64 [batch, seq]"},
-                     "outputs": {"text_embeds": f"float32 [batch, {dim}] L2-normalised"}},
-        },
+        "graphs": graphs,
         "embedding_dim": dim,
         "temporal": temporal,
+        "scoring": scoring or {"kind": "dot product of video_embeds and text_embeds"},
         "variants": files,
     }
+
+
+def graph_contracts(recipe, dim: int, scoring: dict | None) -> dict:
+    graphs = {
+        "video": {"inputs": {"frames": "uint8 [batch, num_frames, height, width, 3] RGB"},
+                  "outputs": {"video_embeds": f"float32 [batch, {dim}] L2-normalised",
+                              "frame_indices": f"int64 [batch, {recipe.frames.k}]"}},
+        "text": {"inputs": {"input_ids": "int64 [batch, seq]", "attention_mask": "int64 [batch, seq]"},
+                 "outputs": {"text_embeds": f"float32 [batch, {dim}] L2-normalised"}},
+    }
+    if scoring and scoring["exported"]:
+        graphs["video"]["outputs"]["video_context"] = f"float32 [batch, patches, {dim}] (the scorer's visual input)"
+        graphs["text"]["outputs"]["text_features"] = f"float32 [batch, {dim}] projected, not normalised"
+        graphs["scorer"] = {"inputs": {"video_embeds": f"float32 [videos, {dim}]",
+                                       "video_context": f"float32 [videos, patches, {dim}]",
+                                       "text_features": f"float32 [texts, {dim}]"},
+                            "outputs": {"scores": "float32 [videos, texts] cosine, captions conditioned on each video"}}
+    return graphs
 
 
 def check_variants(variants: list[str]) -> list[str]:
@@ -135,40 +149,73 @@ def export_run(run_dir: Path, out_dir: Path, force: bool, variants: list[str] | 
         report.say(f"temporal side branch: {temporal['branch_params']:,} parameters, "
                    f"{100 * temporal['branch_flop_share']:.2f}% of the video encoder's FLOPs")
     with rundir.building(out_dir) as tmp:
-        fp32 = write_fp32_graphs(tmp, merged, recipe, info, report)
+        fp32, scoring = write_fp32_graphs(tmp, merged, recipe, info, report)
         inputs = parity_inputs(recipe, info)
         refs = {"vs_trained": torch_outputs(trained, inputs), "vs_merged": torch_outputs(merged, inputs)}
         files, results = build_and_check_all(tmp, fp32, variants, refs, inputs, recipe, info, report)
         torch_latency = add_latency(tmp, files, results, trained, merged, inputs, recipe, report)
         parity = parity_report(results, torch_latency, refs, inputs, recipe)
+        if scoring is not None:
+            parity["scoring"] = scoring
         add_runtime_checks(parity, tmp, files, inputs, check_runtimes, recipe.export.threads, report)
-        rundir.write_json(tmp / "manifest.json", manifest(recipe, info, run_dir, files, parity.pop("dim"), temporal))
+        rundir.write_json(tmp / "manifest.json", manifest(recipe, info, run_dir, files, parity.pop("dim"), temporal, scoring))
         rundir.write_json(tmp / "parity.json", parity)
         rundir.write_text(tmp / "parity.md", parity_markdown(parity))
     return parity
 
 
-def write_fp32_graphs(tmp: Path, merged, recipe, info, report) -> dict[str, Path]:
-    """Export both encoders with the recipe's exporter, then ORT-optimise them offline (the fp32 variant)."""
+def write_fp32_graphs(tmp: Path, merged, recipe, info, report) -> tuple[dict[str, Path], dict | None]:
+    """Export the encoders (and X-CLIP's scorer) with the recipe's exporter, then ORT-optimise them
+    offline (the fp32 variant); returns the graphs and the scoring summary (None: dot products)."""
     meta = graph_metadata(recipe, info) | {"vqtool.exporter": recipe.export.exporter}
     opset, exporter = recipe.export.opset, recipe.export.exporter
-    with report.task(f"exporting ONNX graphs ({exporter})", 2) as step:
-        raw_video = export_video_encoder(merged, tmp / ".raw-video.onnx", opset, meta, exporter)
+    if merged.conditioned:
+        meta["vqtool.scoring"] = "video-conditioned (scorer graph)"
+    with report.task(f"exporting ONNX graphs ({exporter})", 2 + merged.conditioned) as step:
+        raw = {"video": export_video_encoder(merged, tmp / ".raw-video.onnx", opset, meta, exporter)}
         step(1)
-        raw_text = export_text_encoder(merged, tmp / ".raw-text.onnx", opset, info.max_text_len, meta, exporter)
+        raw["text"] = export_text_encoder(merged, tmp / ".raw-text.onnx", opset, info.max_text_len, meta, exporter)
         step(1)
-    graphs = {"video": optimize_fp32(raw_video, tmp / "video_encoder.onnx"),
-              "text": optimize_fp32(raw_text, tmp / "text_encoder.onnx")}
-    raw_video.unlink(), raw_text.unlink()
+        scoring = None
+        if merged.conditioned:
+            raw["scorer"], scoring = scorer_graph(merged, tmp / ".raw-scorer.onnx", opset, meta, exporter, report)
+            step(1)
+    names = {"video": "video_encoder.onnx", "text": "text_encoder.onnx", "scorer": "scorer.onnx"}
+    graphs = {kind: optimize_fp32(path, tmp / names[kind]) for kind, path in raw.items() if path is not None}
+    for path in raw.values():
+        if path is not None:
+            path.unlink()
     shutil.copyfile(info.tokenizer, tmp / "tokenizer.json")
-    return graphs
+    return graphs, scoring
 
 
-def calibration_feeds(inputs: ParityInputs, n: int) -> dict[str, list[dict]]:
-    """Raw uint8 clips (through the fused selector) and their captions, one feed per clip."""
-    return {"video": [{"frames": c[None]} for c in inputs.clips[:n]],
-            "text": [{"input_ids": inputs.ids[i:i + 1], "attention_mask": inputs.mask[i:i + 1]}
-                     for i in range(min(n, len(inputs.ids)))]}
+XCLIP_SCORING = "video-conditioned: X-CLIP's prompt generator adds to each caption's text features, per video"
+
+
+def scorer_graph(merged, path: Path, opset: int, meta: dict, exporter: str, report) -> tuple[Path | None, dict]:
+    """X-CLIP's scorer graph, or None with the reason when it cannot be exported (the export says so,
+    and parity then measures how far plain dot products are from the model's scores)."""
+    try:
+        return export_scorer(merged, path, opset, meta, exporter), {"kind": XCLIP_SCORING, "graph": "scorer", "exported": True}
+    except Exception as exc:  # any exporter failure: report it and keep the two encoders
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        report.warn(f"X-CLIP's prompt generator could not be exported ({reason}); this export scores captions "
+                    "with plain dot products, and parity.json measures the difference from the trained model's scores")
+        return None, {"kind": XCLIP_SCORING, "graph": None, "exported": False, "reason": reason}
+
+
+def calibration_feeds(inputs: ParityInputs, n: int, fp32: dict | None = None, threads: int = 1) -> dict[str, list[dict]]:
+    """Raw uint8 clips (through the fused selector) and their captions, one feed per clip; for a
+    scorer graph, the fp32 encoders' outputs on them (each clip against all calibration captions)."""
+    feeds = {"video": [{"frames": c[None]} for c in inputs.clips[:n]],
+             "text": [{"input_ids": inputs.ids[i:i + 1], "attention_mask": inputs.mask[i:i + 1]}
+                      for i in range(min(n, len(inputs.ids)))]}
+    if fp32 and "scorer" in fp32:
+        video, text = session(fp32["video"], threads), session(fp32["text"], threads)
+        features = text.run(None, {"input_ids": inputs.ids[:n], "attention_mask": inputs.mask[:n]})[1]
+        runs = [video.run(None, f) for f in feeds["video"]]
+        feeds["scorer"] = [{"video_embeds": r[0], "video_context": r[2], "text_features": features} for r in runs]
+    return feeds
 
 
 def variant_settings(variant: str, recipe, calibration: int, calibration_split: str = "train") -> list[dict]:
@@ -191,27 +238,31 @@ def variant_settings(variant: str, recipe, calibration: int, calibration_split: 
 
 def build_one(tmp: Path, fp32: dict, variant: str, setting: dict, feeds: dict) -> dict:
     files = {}
-    for kind in ("video", "text"):
-        opts = VariantOptions(calibration=feeds[kind])
+    for kind in fp32:
+        opts = VariantOptions(calibration=feeds.get(kind, []))
         if variant == "int4":
             opts.int4_block_size, opts.int4_symmetric = setting["block_size"], setting["symmetric"]
             opts.int4_accuracy_level = setting["accuracy_level"]
         files[kind] = make_variant(fp32[kind], variant, opts).name
-    files["sha256"] = {k: sha256(tmp / files[k]) for k in ("video", "text")}
+    files["sha256"] = {k: sha256(tmp / files[k]) for k in fp32}
     return files
 
 
+GRAPH_KINDS = ("video", "text", "scorer")
+
+
 def check_files(tmp: Path, files: dict, variant: str, refs: dict, inputs: ParityInputs, recipe) -> dict:
-    video, text = (session(tmp / files[k], recipe.export.threads) for k in ("video", "text"))
-    got = onnx_outputs(video, text, inputs)
+    kinds = [k for k in GRAPH_KINDS if k in files]
+    video, text, scorer = (session(tmp / files[k], recipe.export.threads) if k in files else None for k in GRAPH_KINDS)
+    got = onnx_outputs(video, text, inputs, scorer)
     result = {key: compare(ref, got) for key, ref in refs.items()}
     result["vs_trained"]["video"]["frame_index_agreement_lsb_noise"] = noise_agreement(video, inputs, refs["vs_trained"])
-    graphs = {k: graph_report(tmp / files[k], variant) for k in ("video", "text")}
+    graphs = {k: graph_report(tmp / files[k], variant) for k in kinds}
     failures = gate_failures(variant, result, recipe.export.gate(variant))
     failures += [f"{variant}: {p}" for g in graphs.values() for p in g["problems"]]
-    sizes = {k: (tmp / files[k]).stat().st_size / 1e6 for k in ("video", "text")}
+    sizes = {k: (tmp / files[k]).stat().st_size / 1e6 for k in kinds}
     return {"file": files["video"], "size_mb": round(sum(sizes.values()), 3),
-            "size_video_mb": round(sizes["video"], 3), "size_text_mb": round(sizes["text"], 3),
+            **{f"size_{k}_mb": round(v, 3) for k, v in sizes.items()},
             "passed": not failures, "failures": failures, "graphs": graphs, **result.pop("vs_trained"), **result}
 
 
@@ -235,7 +286,8 @@ def build_and_check_all(tmp: Path, fp32: dict, variants, refs, inputs, recipe, i
     calibration, split = inputs, "eval"
     if "int8-static" in variants:
         calibration, split = calibration_inputs(recipe, info, inputs, report)
-    feeds = calibration_feeds(calibration, recipe.export.calibration_clips)
+    feeds = calibration_feeds(calibration, recipe.export.calibration_clips, fp32 if "int8-static" in variants else None,
+                              recipe.export.threads)
     files, results = {}, {}
     with report.task("building and checking variants", len(variants)) as step:
         for v in variants:

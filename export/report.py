@@ -47,8 +47,22 @@ def latency_rows(report: dict) -> list[str]:
     return lines
 
 
+def scoring_note(report: dict) -> list[str]:
+    """X-CLIP: how the exported scores compare with the trained model's video-conditioned ones."""
+    scoring = report.get("scoring")
+    if not scoring:
+        return []
+    if not scoring["exported"]:
+        return [f"- scoring: X-CLIP's prompt generator could not be exported ({scoring['reason']}); the ONNX "
+                "scores are plain dot products, compared above with the trained model's conditioned scores"]
+    diffs = ", ".join(f"{name} {v['scores']['max_abs_diff']:.2g} (top-1 agreement "
+                      f"{100 * v['retrieval']['t2v_top1_agreement']:.0f}%)" for name, v in report["variants"].items())
+    return [f"- scoring: captions conditioned on each video by X-CLIP's prompt generator (scorer graph); "
+            f"scores max abs diff vs PyTorch as trained: {diffs}"]
+
+
 def notes(report: dict) -> list[str]:
-    out = []
+    out = scoring_note(report)
     for name, v in report["variants"].items():
         if name == "int4":
             s = v["settings"]

@@ -13,7 +13,8 @@ from export.tokenize import encode_texts, load_tokenizer
 from toolchain.errors import VqtoolError
 
 # The manifest layout this runtime reads; export/onnx_export.py FORMAT_VERSION writes it (a test keeps them equal).
-MANIFEST_FORMAT = 1
+# 2: variants may list a "scorer" graph (X-CLIP's video-conditioned scores); plain exports still write 1.
+MANIFEST_FORMAT = 2
 __all__ = ["PREFERENCE", "VideoTextRuntime", "check_frames", "choose_providers", "read_manifest"]
 REEXPORT = "re-create it with: vqtool export RUN_DIR --force"
 
@@ -54,6 +55,17 @@ def check_keys(path: Path, manifest: dict) -> None:
     for section, key in (("text", "tokenizer"), ("text", "max_length"), ("frames", "decode_max_frames")):
         if key not in manifest[section]:
             raise VqtoolError(f"{path}: key '{section}.{key}' is missing; {REEXPORT}")
+    if scorer_kind(manifest):
+        missing = [v for v, files in manifest["variants"].items() if not isinstance(files, dict) or "scorer" not in files]
+        if missing:
+            raise VqtoolError(f"{path}: variant(s) {', '.join(missing)} have no 'scorer' graph, which this export's "
+                              f"scores need; {REEXPORT}")
+
+
+def scorer_kind(manifest: dict) -> bool:
+    """True when the export scores with a scorer graph (captions conditioned on each video: X-CLIP)."""
+    scoring = manifest.get("scoring")
+    return isinstance(scoring, dict) and scoring.get("graph") == "scorer"
 
 
 def check_frames(frames) -> np.ndarray:
@@ -108,6 +120,7 @@ class VideoTextRuntime:
         self.video = open_session(files["video"], opts, chosen, explicit)
         self.providers = self.video.get_providers()  # what ORT really started, after any fallback
         self.text = open_session(files["text"], opts, self.providers, explicit)
+        self.scorer = open_session(files["scorer"], opts, self.providers, explicit) if "scorer" in files else None
         text = self.manifest["text"]
         self.tokenizer = load_tokenizer(self.dir / text["tokenizer"], text["max_length"])
 
@@ -117,27 +130,46 @@ class VideoTextRuntime:
             raise VqtoolError(f"{self.dir} has no variant {variant!r}; it has: {', '.join(self.manifest['variants'])}")
         paths = {"video": self.dir / files["video"], "text": self.dir / files["text"],
                  "tokenizer": self.dir / self.manifest["text"]["tokenizer"]}
+        if scorer_kind(self.manifest):
+            paths["scorer"] = self.dir / files["scorer"]
         missing = [str(p) for p in paths.values() if not p.is_file()]
         if missing:
             raise VqtoolError(f"{', '.join(missing)} missing from the export dir; re-create it: vqtool export RUN_DIR --force")
         return paths
 
-    def encode_video(self, video) -> tuple[np.ndarray, np.ndarray]:
-        """A path, a uint8 clip [N,H,W,3] or a batch [B,N,H,W,3] -> (embeddings [B,D], frame indices [B,K])."""
+    def video_outputs(self, video) -> list[np.ndarray]:
+        """Every output of the video graph: embeddings, frame indices (and X-CLIP's video_context)."""
         if isinstance(video, (str, Path)):
             from toolchain.data.video import decode_video
 
             video = decode_video(video, self.manifest["frames"]["decode_max_frames"])
-        emb, idx = self.video.run(None, {"frames": check_frames(video)})
+        return self.video.run(None, {"frames": check_frames(video)})
+
+    def encode_video(self, video) -> tuple[np.ndarray, np.ndarray]:
+        """A path, a uint8 clip [N,H,W,3] or a batch [B,N,H,W,3] -> (embeddings [B,D], frame indices [B,K])."""
+        emb, idx = self.video_outputs(video)[:2]
         return emb, idx
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Text embeddings [T,D], L2-normalised. With a scorer graph (X-CLIP) these are the captions
+        before conditioning on a video: use scores() for the model's real scores."""
         ids, mask = encode_texts(self.tokenizer, check_texts(texts))
         return self.text.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
     def scores(self, videos: list, texts: list[str]) -> np.ndarray:
-        """Cosine similarities: one row per video, one column per text."""
+        """The model's cosine scores: one row per video, one column per text."""
+        return self.score_videos(videos, texts)[0]
+
+    def score_videos(self, videos: list, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [V,T], frame indices [V,K]): dot products of the embeddings, or with a scorer graph
+        (X-CLIP) each caption conditioned on each video, as the trained model scores."""
         if isinstance(videos, (str, Path, np.ndarray)) or not videos:
             raise VqtoolError("scores takes a non-empty list of videos (paths or uint8 clips) and a list of texts")
-        vids = np.concatenate([self.encode_video(v)[0] for v in videos])
-        return vids @ self.encode_text(texts).T
+        runs = [self.video_outputs(v) for v in videos]
+        video, indices = np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
+        ids, mask = encode_texts(self.tokenizer, check_texts(texts))
+        text = self.text.run(None, {"input_ids": ids, "attention_mask": mask})
+        if self.scorer is None:
+            return video @ text[0].T, indices
+        feed = {"video_embeds": video, "video_context": np.concatenate([r[2] for r in runs]), "text_features": text[1]}
+        return self.scorer.run(None, feed)[0], indices

@@ -4,7 +4,9 @@
 
 Writes a synthetic set of real mp4 files (random textures moving, so the codec has work to do),
 fills the frame cache once, then runs each mode in a fresh process: load the split (cache hits)
-and draw one epoch of training batches through the same `batches()` the fine-tune uses. Prints a
+and draw one epoch of training batches through the same `batches()` the fine-tune uses. "stream"
+reads the model's compact entries (K frames at 224 px); "stream-frames" the full decoded frames
+(what a preparer without a compact form, and vqtool before issue 19, cached). Prints a
 table and one JSON line per mode. Preprocessing is ViT-B/32's (224 px, CLIP mean/std).
 """
 
@@ -43,12 +45,15 @@ def make_set(root: Path, videos: int, frames: int, height: int, width: int) -> P
     return annotations
 
 
-def preparer(k: int):
+def preparer(k: int, compact: bool = True):
+    """ViT-B/32's preparer; compact: the model's own (FramePreparer: the cache holds K frames at
+    224 px), else a plain function (the cache holds every decoded frame at full size)."""
     from toolchain.models.preprocess import CLIP_MEAN, CLIP_STD
-    from toolchain.models.video_clip import prepare_frames
+    from toolchain.models.video_clip import FramePreparer, prepare_frames
 
-    return partial(prepare_frames, k=k, selector="uniform", image_size=224, mean=CLIP_MEAN, std=CLIP_STD,
-                   resize_shortest=224, rescale=1 / 255, resample="bicubic")
+    return (FramePreparer if compact else partial)(prepare_frames, k=k, selector="uniform", image_size=224,
+                                                   mean=CLIP_MEAN, std=CLIP_STD, resize_shortest=224,
+                                                   rescale=1 / 255, resample="bicubic")
 
 
 def measure(args) -> dict:
@@ -62,8 +67,8 @@ def measure(args) -> dict:
     cache = FrameCache(Path(args.cache))
     budget = float("inf") if args.mode == "memory" else 0.0
     t0 = time.perf_counter()
-    clips = load_clips(Path(args.annotations), preparer(args.k), args.decode_max, cache, memory_bytes=budget,
-                       workers=args.workers)
+    clips = load_clips(Path(args.annotations), preparer(args.k, args.mode != "stream-frames"), args.decode_max,
+                       cache, memory_bytes=budget, workers=args.workers)
     load_s = time.perf_counter() - t0
     n = len(clips.captions)
     stream = batch_stream(n, args.batch, seed=0)
@@ -90,7 +95,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--step-s", type=float, default=0.0, help="simulated training step between batches")
     ap.add_argument("--workers", type=int, default=0, help="threads preparing a streamed batch (0: per CPU, up to 8)")
-    ap.add_argument("--mode", choices=["memory", "stream"], help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=["memory", "stream", "stream-frames"], help=argparse.SUPPRESS)
     ap.add_argument("--annotations", help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -101,20 +106,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vqtool-stream-") as tmp:
         root = Path(tmp)
         annotations = make_set(root, args.videos, args.frames, height, width)
-        from toolchain.data.cache import FrameCache
+        from toolchain.data.cache import FrameCache, folder_bytes
         from toolchain.data.clips import load_clips
 
-        t0 = time.perf_counter()
-        load_clips(annotations, preparer(args.k), args.decode_max, FrameCache(root / "cache"), memory_bytes=0)
-        print(f"cold pass (decode {args.videos} videos, fill the cache): {time.perf_counter() - t0:.1f} s")
-        common = [sys.executable, __file__, "--annotations", str(annotations), "--cache", str(root / "cache"),
+        for compact, name in ((True, "compact clip entries"), (False, "full-frame entries")):
+            folder = root / ("cache" if compact else "cache-frames")
+            t0 = time.perf_counter()
+            load_clips(annotations, preparer(args.k, compact), args.decode_max, FrameCache(folder), memory_bytes=0)
+            print(f"cold pass ({name}: decode {args.videos} videos, fill the cache): {time.perf_counter() - t0:.1f} s, "
+                  f"{folder_bytes(folder) / args.videos / 1e6:.2f} MB per entry")
+        common = [sys.executable, __file__, "--annotations", str(annotations),
                   "--k", str(args.k), "--decode-max", str(args.decode_max), "--batch", str(args.batch),
                   "--step-s", str(args.step_s), "--workers", str(args.workers)]
-        rows = [json.loads(subprocess.run([*common, "--mode", m], check=True, capture_output=True, text=True,
-                                          env=os.environ).stdout.strip().splitlines()[-1]) for m in ("memory", "stream")]
-    print(f"{'mode':8} {'load s':>7} {'wait p50 s':>11} {'wait max s':>11} {'peak RSS MB':>12}")
+        caches = {"memory": "cache", "stream": "cache", "stream-frames": "cache-frames"}
+        runs = [subprocess.run([*common, "--mode", m, "--cache", str(root / caches[m])], check=True,
+                               capture_output=True, text=True, env=os.environ) for m in caches]
+        rows = [json.loads(r.stdout.strip().splitlines()[-1]) for r in runs]
+    print(f"{'mode':13} {'load s':>7} {'wait p50 s':>11} {'wait max s':>11} {'peak RSS MB':>12}")
     for r in rows:
-        print(f"{r['mode']:8} {r['load_s']:7.2f} {r['batch_wait_p50_s']:11.3f} {r['batch_wait_max_s']:11.3f} "
+        print(f"{r['mode']:13} {r['load_s']:7.2f} {r['batch_wait_p50_s']:11.3f} {r['batch_wait_max_s']:11.3f} "
               f"{r['peak_rss_mb']:12d}")
     for r in rows:
         print(json.dumps(r))

@@ -84,7 +84,7 @@ def test_xclip_trains_its_own_video_layers_and_its_graph_matches_torch(family_ru
     _, merged, recipe, _ = merged_model(tmp / "run")
     clip = np.random.default_rng(5).integers(0, 256, (9, 40, 52, 3), dtype=np.uint8)
     session = ort.InferenceSession(str(tmp / "export" / "video_encoder.onnx"), providers=["CPUExecutionProvider"])
-    emb, idx = session.run(None, {"frames": clip[None]})
+    emb, idx = session.run(["video_embeds", "frame_indices"], {"frames": clip[None]})  # X-CLIP adds video_context
     with torch.no_grad():
         ref, ref_idx = merged.encode_frames(torch.from_numpy(clip)[None])
     assert idx.shape == (1, recipe.frames.k) and np.array_equal(idx, ref_idx.numpy())

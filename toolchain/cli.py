@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -14,14 +15,14 @@ from rich.markup import escape
 
 from toolchain.cli_bench import ablate, bench_app
 from toolchain.cli_common import ForceOpt, SetOpt, err, reporter, require_train_extra
-from toolchain.errors import ParityError, VqtoolError
+from toolchain.errors import MissingExtraError, ParityError, VqtoolError
 
 app = typer.Typer(
     help="Fine-tune video-text models with QLoRA and ship them as parity-checked ONNX for the edge.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 recipe_app = typer.Typer(help="Check and show recipes.", no_args_is_help=True)
-data_app = typer.Typer(help="Datasets: generate the synthetic shapes set; show or clear the frame cache.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: generate the synthetic shapes set; prepare, show or clear the frame cache.", no_args_is_help=True)
 base_app = typer.Typer(help="Base models: compose a dual encoder or a video-llm from checkpoints; read a GGUF decoder.",
                        no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
@@ -129,13 +130,10 @@ def infer(
     from export.runtime import VideoTextRuntime
 
     rt = VideoTextRuntime(export_dir, variant=variant, providers=providers, threads=threads)
-    embeds, indices = zip(*(rt.encode_video(v) for v in video))
-    import numpy as np
-
-    scores = np.concatenate(embeds) @ rt.encode_text(list(text)).T
+    scores, indices = rt.score_videos(list(video), list(text))  # X-CLIP: captions conditioned on each video
     if as_json:
         out = {"videos": [str(v) for v in video], "texts": list(text), "scores": scores.round(6).tolist(),
-               "frame_indices": np.concatenate(indices).tolist(), "variant": variant, "providers": rt.providers}
+               "frame_indices": indices.tolist(), "variant": variant, "providers": rt.providers}
         typer.echo(json.dumps(out))
         return
     print_scores(video, text, scores, rt.providers[0])
@@ -210,6 +208,34 @@ def data_synth(
     typer.echo(f"wrote {summary['train']} train and {summary['eval']} eval clips to {out_dir}")
 
 
+@data_app.command("prepare")
+def data_prepare(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose splits to decode into its frame cache.")],
+    split: Annotated[str, typer.Option(help="Which split: train, eval or all.")] = "all",
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Worker processes (default: data.workers; 0: one per CPU, up to 8).")] = None,
+    set_: SetOpt = [],
+):
+    """Decode and cache a recipe's videos ahead of training (a process pool; rerun to resume after a kill)."""
+    from toolchain.recipe import load_recipe
+
+    cfg = load_recipe(recipe, set_)
+    if split not in ("train", "eval", "all"):
+        raise VqtoolError(f"--split {split!r}: choose train, eval or all")
+    if importlib.util.find_spec("torch") is None:  # the preparer's resize; the rest of the train extra is not needed
+        raise MissingExtraError("torch", "train")
+    from toolchain.data.prepare_cache import SPLITS, prepare_recipe, summary_lines
+
+    which = SPLITS if split == "all" else (split,)
+    try:
+        summary = prepare_recipe(cfg, reporter(), which, workers)
+    except KeyboardInterrupt:
+        err.print("interrupted: the clips prepared so far are kept; run the same command again to continue",
+                  highlight=False, markup=False)
+        raise typer.Exit(130) from None
+    for line in summary_lines(summary):
+        typer.echo(line)
+
+
 @data_app.command("cache")
 def data_cache(
     folder: Annotated[Optional[Path], typer.Argument(
@@ -217,13 +243,19 @@ def data_cache(
     clear: Annotated[bool, typer.Option("--clear", help="Remove the cached frames (only the cache's own files).")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --clear.")] = False,
 ):
-    """Show the decoded-frame cache's size, or clear it (a cleared video is decoded again when needed)."""
-    from toolchain.data.cache import cache_entries, clear_cache, default_cache_dir
+    """Show the decoded-frame cache's size and hit rate, or clear it (a cleared video is decoded again when needed)."""
+    from toolchain.data.cache import cache_entries, clear_cache, default_cache_dir, read_stats
 
     folder = folder or default_cache_dir()
     files = cache_entries(folder)
     size = sum(f.stat().st_size for f in files)
-    typer.echo(f"frame cache {folder}: {len(files)} entries, {size / 1e9:.2f} GB")
+    stats = read_stats(folder)
+    cap = f" of its {stats['cap_gb']:g} GB cap" if stats["cap_gb"] else ""
+    typer.echo(f"frame cache {folder}: {len(files)} entries, {size / 1e9:.2f} GB{cap}")
+    lookups = stats["hits"] + stats["misses"]
+    if lookups:
+        typer.echo(f"hit rate {100 * stats['hits'] / lookups:.1f}% ({stats['hits']} hits, {stats['misses']} misses "
+                   f"since {stats['since']}); {stats['evicted']} entries evicted")
     if not clear or not files:
         return
     if not yes and not typer.confirm(f"remove {len(files)} cached entries ({size / 1e9:.2f} GB)?"):

@@ -63,7 +63,8 @@ class DataSection(Section):
 
     in_memory_gb: a split whose prepared pixels (float32 K x 3 x S x S per video) fit keeps them in
     RAM; a larger one streams each batch from the frame cache (0: always stream), `workers` videos
-    at a time (0: one per CPU, up to 8).
+    at a time (0: one per CPU, up to 8); `vqtool data prepare` decodes with `workers` processes.
+    cache_max_gb: the frame cache's cap on disk; past it, the least recently used entries go.
     """
 
     format: Literal["jsonl", "csv", "msrvtt", "vatex", "videoqa"] = "jsonl"
@@ -73,6 +74,7 @@ class DataSection(Section):
     video_root: str | None = None
     cache: bool = True
     cache_dir: str | None = None
+    cache_max_gb: float = Field(50.0, gt=0, allow_inf_nan=False)
     in_memory_gb: float = Field(8.0, ge=0, allow_inf_nan=False)
     workers: int = Field(0, ge=0, le=256)
     synthesize_if_missing: bool = True

@@ -28,15 +28,11 @@ def _strings(row: dict, keys: tuple[str, ...]) -> None:
             raise ValueError(f"'{key}' must be a string, got {type(row[key]).__name__}")
 
 
-def _parse_line(line: str, folder: Path) -> Sample:
-    """One JSONL line as a Sample; raises ValueError describing what is wrong."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not valid JSON ({err.msg})") from None
+def _check_row(row) -> tuple:
+    """A parsed JSONL row -> (video, caption) or, for a QA row, (video, answer, question, type); raises
+    ValueError describing what is wrong."""
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    # Relative paths are relative to the annotation file, so a dataset folder can move.
     if "question" in row or "answer" in row:
         _strings(row, ("video", "question", "answer"))
         qtype = row.get("type")
@@ -44,9 +40,32 @@ def _parse_line(line: str, folder: Path) -> Sample:
             raise ValueError(f"'type' must be a string, got {type(qtype).__name__}")
         if not row["question"].strip() or not row["answer"].strip():
             raise ValueError("empty question or answer")
-        return Sample(folder / row["video"], row["answer"], row["question"], qtype)
+        return row["video"], row["answer"], row["question"], qtype
     _strings(row, ("video", "caption"))
-    return Sample(video=folder / row["video"], caption=row["caption"])
+    return row["video"], row["caption"]
+
+
+def parse_rows(lines: list[str]):
+    """(line number, parsed row or None, error or None) for every non-empty line, in order."""
+    out = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((number, json.loads(line), None))
+        except json.JSONDecodeError as err:
+            out.append((number, None, f"not valid JSON ({err.msg})"))
+    return out
+
+
+def samples_of(folder: Path, paths: dict, video: str, caption: str, question: str | None = None,
+               qtype: str | None = None) -> Sample:
+    """A Sample whose Path is shared by every row of the same video (built and hashed once); for a QA
+    row `caption` is the answer."""
+    path = paths.get(video)
+    if path is None:
+        path = paths[video] = folder / video  # relative to the annotation file, so a dataset folder can move
+    return Sample(path, caption, question, qtype)
 
 
 def load_jsonl(path: Path) -> list[Sample]:
@@ -59,12 +78,12 @@ def load_jsonl(path: Path) -> list[Sample]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise DataError(f"annotation file {path} is not UTF-8 text ({err.reason})") from None
-    samples = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    samples, paths = [], {}
+    for number, row, error in parse_rows(lines):
         try:
-            samples.append(_parse_line(line, path.parent))
+            if error is not None:
+                raise ValueError(error)
+            samples.append(samples_of(path.parent, paths, *_check_row(row)))
         except ValueError as err:
             raise DataError(f"{path}, line {number}: {err}") from None
     if not samples:

@@ -7,7 +7,9 @@ videos and captions apart with `video_of` mapping each caption to its video.
 Prepared pixels are float32 [K,3,S,S] per video: 7 MB at K=12, S=224, so MSR-VTT's 9k training
 videos would need ~65 GB. A split whose pixels fit in `memory_bytes` keeps them in RAM; a larger
 one keeps only the frame indices and motion, and `StreamedPixels` prepares each batch's videos again
-from the frame cache (filled by the first pass), the same way, so the pixels are identical.
+from the frame cache (filled by the first pass, or ahead of time by `vqtool data prepare`), the same
+way, so the pixels are identical. A model's preparer (FramePreparer) caches its compact form: the K
+selected frames already cropped and resized to S x S uint8, so a streamed batch only normalises them.
 """
 
 from __future__ import annotations
@@ -63,12 +65,24 @@ class StreamedPixels:
     def one(self, i: int) -> torch.Tensor:
         video = self.videos[i]
         try:
-            frames = torch.from_numpy(self.cache.decode(video, self.max_frames))
+            return prepared(video, self.prepare, self.max_frames, self.cache)[0][0]
         except VideoReadError as exc:
             raise DataError(f"{video} was readable when the split was loaded but not now ({exc.reason}); "
                             "was it changed or removed during the run?") from exc
-        with torch.no_grad():
-            return self.prepare(frames.unsqueeze(0))[0][0]
+
+
+def prepared(video, prepare: Prepare, max_frames: int, cache: FrameCache, pixels: bool = True):
+    """(pixels [1,K,3,S,S], indices [1,K], motion [1,K]) of one video through the cache.
+
+    A preparer with a compact form (FramePreparer) goes through its cached compact entry (the K
+    frames at model size); pixels=False then reads only indices and motion of a hit (pixels None).
+    Any other callable gets the decoded frames.
+    """
+    if hasattr(prepare, "compact"):
+        return prepare.from_compact(cache.clip(video, max_frames, prepare, frames=pixels))
+    frames = torch.from_numpy(cache.decode(video, max_frames))
+    with torch.no_grad():
+        return prepare(frames.unsqueeze(0))
 
 
 class PairView:
@@ -160,12 +174,10 @@ def load_clips(
     store = indices = motion = shape = None
     for i, (video, samples) in enumerate(zip(videos, row_lists)):
         try:
-            frames = torch.from_numpy(cache.decode(video, max_frames))
+            pix, idx, mot = prepared(video, prepare, max_frames, cache, pixels=shape is None or store is not None)
         except VideoReadError as exc:
             skipped.append((exc.path, exc.reason))
         else:
-            with torch.no_grad():
-                pix, idx, mot = prepare(frames.unsqueeze(0))
             if shape is None:
                 # One tensor per split, filled in place: small per-video tensors kept alive between
                 # the big per-video buffers fragment glibc's heap (measured: ~5 MB of RSS per video).
@@ -173,7 +185,7 @@ def load_clips(
                 indices, motion = idx.new_empty(n, *idx.shape[1:]), mot.new_empty(n, *mot.shape[1:])
                 store = pix.new_empty(n, *shape) if pix[0].nbytes * n <= memory_bytes else None
             for rows, row in ((store, pix), (indices, idx), (motion, mot)):
-                if rows is not None:
+                if rows is not None and row is not None:
                     rows[len(kept)] = row[0]
             captions += [r.caption for r in samples]
             questions += [r.question for r in samples]

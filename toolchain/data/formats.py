@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolchain.data.annotations import Sample, _parse_line
+from toolchain.data.annotations import Sample, _check_row, parse_rows, samples_of
 from toolchain.errors import DataError
 from toolchain.recipe import DataSection
 
@@ -70,9 +70,12 @@ def _root(data: DataSection, annotation_file: Path) -> Path:
 
 
 def _keep_existing(pairs: list[Sample], skipped: list, where: str) -> list[Sample]:
-    kept = []
+    kept, exists = [], {}  # one stat per video, however many captions it has
     for s in pairs:
-        if s.video.is_file():
+        found = exists.get(s.video)
+        if found is None:
+            found = exists[s.video] = s.video.is_file()
+        if found:
             kept.append(s)
         else:
             skipped.append((where, f"video {s.video} not found"))
@@ -81,12 +84,12 @@ def _keep_existing(pairs: list[Sample], skipped: list, where: str) -> list[Sampl
 
 def read_jsonl(data: DataSection, spec: str, key: str = "data.train/data.eval") -> Split:
     path = _need_file(Path(spec), key)
-    root, pairs, skipped = _root(data, path), [], []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
+    root, pairs, skipped, paths = _root(data, path), [], [], {}
+    for number, row, error in parse_rows(_read_text(path).splitlines()):
         try:
-            pairs.append(_parse_line(line, root))
+            if error is not None:
+                raise ValueError(error)
+            pairs.append(samples_of(root, paths, *_check_row(row)))
         except ValueError as err:
             skipped.append((f"{path}:{number}", f"malformed row ({err})"))
     pairs = _keep_existing(pairs, skipped, str(path))
@@ -105,13 +108,13 @@ def _csv_rows(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
 
 def read_csv(data: DataSection, spec: str, key: str = "data.train/data.eval") -> Split:
     path = _need_file(Path(spec), key)
-    root, pairs, skipped = _root(data, path), [], []
+    root, pairs, skipped, paths = _root(data, path), [], [], {}
     for number, row in _csv_rows(path, ("video", "caption")):
         video, caption = (row.get("video") or "").strip(), (row.get("caption") or "").strip()
         if not video or not caption or None in row:
             skipped.append((f"{path}:{number}", "malformed row (empty video or caption, or extra fields)"))
             continue
-        pairs.append(Sample(root / video, caption))
+        pairs.append(samples_of(root, paths, video, caption))
     pairs = _keep_existing(pairs, skipped, str(path))
     return Split(pairs, str(path), skipped)
 

@@ -12,10 +12,14 @@ from toolchain.data.prepare import ensure_data
 from toolchain.recipe import Recipe
 
 
+def cache_folder(recipe: Recipe) -> Path:
+    return Path(recipe.data.cache_dir).expanduser() if recipe.data.cache_dir else default_cache_dir()
+
+
 def frame_cache(recipe: Recipe) -> FrameCache:
     if not recipe.data.cache:
         return FrameCache(None)
-    return FrameCache(Path(recipe.data.cache_dir).expanduser() if recipe.data.cache_dir else default_cache_dir())
+    return FrameCache(cache_folder(recipe), recipe.data.cache_max_gb * 1e9)
 
 
 def read_splits(recipe: Recipe, report) -> dict:
@@ -40,7 +44,23 @@ def load_split(recipe: Recipe, which: str, split: Split, prepare, cache: FrameCa
     report.say(load_line(which, clips))
     if clips.streamed:
         report.say(stream_line(which, clips, recipe.data))
+    if (line := over_cap_line(which, clips, cache)) is not None:
+        report.warn(line)
+    cache.flush()
     return clips
+
+
+def over_cap_line(which: str, clips: ClipSet, cache: FrameCache) -> str | None:
+    """A streamed split whose cache entries do not fit under the cap decodes evicted clips again."""
+    if not clips.streamed or cache.max_bytes is None or cache.folder is None or not clips.videos:
+        return None
+    entry = cache.entry(clips.videos[0], clips.video_pixels.max_frames, getattr(clips.video_pixels.prepare, "cache_tag", "frames"))
+    if not entry.is_file() or entry.stat().st_size * len(clips.videos) <= cache.max_bytes:
+        return None
+    need = entry.stat().st_size * len(clips.videos) / 1e9
+    return (f"data {which}: its frame-cache entries (~{need:.1f} GB) exceed data.cache_max_gb "
+            f"({cache.max_bytes / 1e9:g}): streamed batches will decode evicted clips again; raise "
+            "data.cache_max_gb or free disk for it")
 
 
 def load_data(recipe: Recipe, splits: dict, prepare, report) -> tuple[ClipSet, ClipSet]:

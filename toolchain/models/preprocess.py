@@ -48,19 +48,30 @@ def _processor_resize(x: torch.Tensor, size: int, resize_shortest: int, resample
     return x[:, :, top : top + size, left : left + size]
 
 
-def preprocess_frames(frames: torch.Tensor, size: int, mean, std, resize_shortest: int | None = None,
-                      rescale: float = 1 / 255, resample: str = "bicubic") -> torch.Tensor:
-    """uint8 [B,K,H,W,3] -> float32 [B,K,3,size,size] (see the module doc)."""
+def resize_frames(frames: torch.Tensor, size: int, resize_shortest: int | None = None,
+                  resample: str = "bicubic") -> torch.Tensor:
+    """uint8 [B,K,H,W,3] -> float32 [B*K,3,size,size] in 0..255: the geometry half (crop and resize)."""
     b, k, h, w, _ = frames.shape
     x = frames.reshape(b * k, h, w, 3).permute(0, 3, 1, 2).to(torch.float32)
     if resize_shortest is None:
-        x = _square_crop_resize(x, size)
-    else:
-        x = _processor_resize(x, size, resize_shortest, resample)
+        return _square_crop_resize(x, size)
+    return _processor_resize(x, size, resize_shortest, resample)
+
+
+def normalize_pixels(x: torch.Tensor, mean, std, rescale: float = 1 / 255) -> torch.Tensor:
+    """float [M,3,S,S] in 0..255 -> rescaled and normalised with the checkpoint's mean/std."""
     x = x / 255.0 if rescale == 1 / 255 else x * rescale
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - m) / s).reshape(b, k, 3, size, size)
+    return (x - m) / s
+
+
+def preprocess_frames(frames: torch.Tensor, size: int, mean, std, resize_shortest: int | None = None,
+                      rescale: float = 1 / 255, resample: str = "bicubic") -> torch.Tensor:
+    """uint8 [B,K,H,W,3] -> float32 [B,K,3,size,size] (see the module doc)."""
+    b, k = frames.shape[:2]
+    x = resize_frames(frames, size, resize_shortest, resample)
+    return normalize_pixels(x, mean, std, rescale).reshape(b, k, 3, size, size)
 
 
 def describe_preprocessing(info) -> dict:

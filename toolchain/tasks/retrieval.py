@@ -44,30 +44,32 @@ def batches(data: RetrievalData, stream, dev):
 
 
 def contrastive_loss(model: VideoCLIP, pixels, motion, ids, mask, captions: list[str]) -> torch.Tensor:
-    video = model.encode_pixels(pixels, motion)
-    text = model.encode_text(ids, mask)
-    logits = model.logit_scale() * video @ text.T
+    video, context = model.encode_video_parts(pixels, motion)
+    logits = model.logit_scale() * model.scores(video, context, model.encode_text_features(ids, mask))
     target = caption_targets(captions).to(logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 @torch.no_grad()
-def embed_set(model: VideoCLIP, clips: ClipSet, ids, mask, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(one embedding per video, one per caption)."""
+def embed_parts(model: VideoCLIP, clips: ClipSet, ids, mask, batch: int):
+    """(video embeddings, their prompt contexts or None, text features): what model.scores takes."""
     model.eval()
     dev = ids.device
     n = len(clips.videos)
-    vids = [model.encode_pixels(clips.video_pixels[i : i + batch].to(dev), clips.video_motion[i : i + batch].to(dev))
+    vids = [model.encode_video_parts(clips.video_pixels[i : i + batch].to(dev), clips.video_motion[i : i + batch].to(dev))
             for i in range(0, n, batch)]
-    txts = [model.encode_text(ids[i : i + batch], mask[i : i + batch]) for i in range(0, len(ids), batch)]
-    return torch.cat(vids).cpu(), torch.cat(txts).cpu()
+    txts = [model.encode_text_features(ids[i : i + batch], mask[i : i + batch]) for i in range(0, len(ids), batch)]
+    context = None if vids[0][1] is None else torch.cat([c for _, c in vids])
+    return torch.cat([v for v, _ in vids]), context, torch.cat(txts)
 
 
 def evaluate(model: VideoCLIP, data: RetrievalData, recipe) -> dict:
     clips = data.clips
-    video, text = embed_set(model, clips, data.ids, data.mask, recipe.eval.batch_size)
+    video, context, text = embed_parts(model, clips, data.ids, data.mask, recipe.eval.batch_size)
+    with torch.no_grad():  # [captions, videos]; X-CLIP's captions conditioned on each video
+        sim = F.normalize(text, dim=-1) @ video.T if context is None else model.scores(video, context, text).T
     groups = [appearance(c) for c in clips.captions]
-    return retrieval_metrics((text @ video.T).numpy(), groups if None not in groups else None, clips.video_of.numpy())
+    return retrieval_metrics(sim.cpu().numpy(), groups if None not in groups else None, clips.video_of.numpy())
 
 
 def summary(result: dict) -> list[str]:
