@@ -111,10 +111,11 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(base, info
              for i, p in enumerate(prompts)]
     assert together == alone and all(len(x) >= 1 for x in together)
     # greedy = the argmax of a full forward pass, token after token
-    ids = torch.tensor([prompts[0] + together[0][:2]])
-    with torch.no_grad():
-        logits = model.logits(ids, torch.ones_like(ids), tokens[:1])[0]
-    assert logits[len(prompts[0]) - 1:].argmax(-1)[:3].tolist() == together[0][:3]
+    for i, p in enumerate(prompts):
+        ids = torch.tensor([p + together[i][:-1]])  # every generated token but the last as input
+        with torch.no_grad():
+            logits = model.logits(ids, torch.ones_like(ids), tokens[i : i + 1])[0]
+        assert logits[len(p) - 1:].argmax(-1).tolist() == together[i]
 
 
 @pytest.mark.parametrize("temporal", [False, True])
