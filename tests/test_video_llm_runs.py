@@ -20,7 +20,9 @@ def test_builtin_tiny_video_llm_holds_tiny_video_clips_vision_tower():
 
     llm = load_file(str(base_info("tiny-video-llm", "video-llm").path + "/model.safetensors"))
     clip = load_file(str(base_info("tiny-video-clip").path + "/model.safetensors"))
-    tower = {k.removeprefix("model.vision_tower."): v for k, v in llm.items() if k.startswith("model.vision_tower.")}
+    # transformers saves LlavaOnevision with its checkpoint names ("vision_tower.") or its module paths ("model.vision_tower.")
+    tower = {k.removeprefix("model.").removeprefix("vision_tower."): v for k, v in llm.items()
+             if k.removeprefix("model.").startswith("vision_tower.")}
     own = {k.removeprefix("vision_model."): v for k, v in clip.items() if k.startswith("vision_model.")}
     assert tower.keys() == own.keys() and len(tower) > 0
     assert all(torch.equal(tower[k], own[k]) for k in tower), "rerun: python scripts/make_tiny_video_llm.py"
