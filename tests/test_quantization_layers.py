@@ -120,7 +120,7 @@ def quant_run(request, eight_eval_clips, tmp_path_factory):
     recipe = load_recipe(SHIPPED_RECIPE, [*TINY_OVERRIDES, *data_overrides(eight_eval_clips), "export.variants=[fp32]",
                                           f"adapters.quantization={quantization}", "train.checkpoint_every=0", *extra])
     trained: list[VideoCLIP] = []
-    real = VideoCLIP.encode_pixels
+    real = VideoCLIP.encode_video_parts  # what the training loss calls
 
     def spy(self, pixels, motion):
         if self.training and torch.is_grad_enabled() and all(m is not self for m in trained):
@@ -129,7 +129,7 @@ def quant_run(request, eight_eval_clips, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp(f"q-{quantization}")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(VideoCLIP, "encode_pixels", spy)
+        mp.setattr(VideoCLIP, "encode_video_parts", spy)
         result = finetune(recipe, tmp / "run", False, Reporter(quiet=True))
     parity = export_run(tmp / "run", tmp / "export", False, None, Reporter(quiet=True))
     return recipe, trained, result, parity, tmp / "export"

@@ -47,8 +47,17 @@ class FixedEmbeddings(torch.nn.Module):
     def encode_pixels(self, pixels, motion):
         return F.normalize(self.video[pixels], dim=-1)
 
+    def encode_video_parts(self, pixels, motion):  # what contrastive_loss calls: (embeddings, no X-CLIP context)
+        return self.encode_pixels(pixels, motion), None
+
     def encode_text(self, ids, mask):
         return F.normalize(self.text[ids], dim=-1)
+
+    def encode_text_features(self, ids, mask):
+        return self.text[ids]
+
+    def scores(self, video, context, text_features):
+        return video @ F.normalize(text_features, dim=-1).T
 
     def logit_scale(self):
         return torch.tensor(self.scale)
