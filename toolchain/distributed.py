@@ -3,7 +3,7 @@
 `vqtool finetune RECIPE --processes N` re-runs the same command under `torch.distributed.run`
 (torchrun, what `accelerate launch --multi_gpu` uses underneath); in each worker `WORLD_SIZE` is set
 and `accelerate.Accelerator` joins the process group (gloo on CPU, nccl on GPUs) and wraps the loss
-module in DistributedDataParallel. Launching with `accelerate launch -m toolchain.distributed
+module in DistributedDataParallel. Launching with `accelerate launch -m toolchain
 finetune ...` or `torchrun` works the same way. Only the frozen (4-bit) base is left out of DDP:
 every rank builds it identically from the same file, and broadcasting packed bitsandbytes tensors
 buys nothing.
@@ -113,7 +113,7 @@ def parameters_digest(model: nn.Module) -> str:
 def launch(processes: int, argv: list[str]) -> None:
     """Run `vqtool ARGV` in `processes` workers (torch.distributed.run, a free local port)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-           "-m", "toolchain.distributed", *argv]
+           "-m", "toolchain", *argv]  # each worker runs the same `vqtool` command line (toolchain/__main__.py)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     code = subprocess.call(cmd, env=env)
     if code != 0:
@@ -122,10 +122,3 @@ def launch(processes: int, argv: list[str]) -> None:
 
 class WorkersFailed(VqtoolError):
     exit_code = 1
-
-
-if __name__ == "__main__":  # a worker: the same `vqtool` command line, inside the process group
-    from toolchain.cli import main
-
-    sys.argv[0] = "vqtool"
-    main()
