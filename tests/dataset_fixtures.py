@@ -13,12 +13,13 @@ import numpy as np
 from toolchain.data.synth import render_clip, write_video
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "datasets"
-FORMATS = ("jsonl", "csv", "msrvtt", "vatex")
+FORMATS = ("jsonl", "csv", "msrvtt", "vatex", "videoqa")
 SPLIT_FILES = {
     "jsonl": ("train.jsonl", "eval.jsonl"),
     "csv": ("train.csv", "eval.csv"),
     "msrvtt": ("MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv"),
     "vatex": ("vatex_training_v1.0.json", "vatex_validation_v1.0.json"),
+    "videoqa": ("train_qa.json", "test_qa.json"),  # MSRVTT-QA ids in train, MSVD-QA ids (and a path) in test
 }
 
 
@@ -26,7 +27,7 @@ def materialize(fmt: str, dest: Path) -> Path:
     """Copy the fixture files of `fmt` to dest and render its videos; returns dest."""
     shutil.copytree(FIXTURES / fmt, dest, dirs_exist_ok=True)
     videos = json.loads((dest / "videos.json").read_text())
-    root = dest / "videos" if fmt in ("msrvtt", "vatex") else dest
+    root = dest / "videos" if fmt in ("msrvtt", "vatex", "videoqa") else dest
     for name, caption in videos.items():
         _, color, shape, _, direction = caption.split()
         rng = np.random.default_rng(zlib.crc32(name.encode()))
@@ -41,6 +42,8 @@ def data_settings(fmt: str, dest: Path) -> list[str]:
     out = [f"data.format={fmt}", f"data.train={dest / train}", f"data.eval={dest / evalf}"]
     if fmt == "msrvtt":
         out.append(f"data.annotations={dest / 'train_val_videodatainfo.json'}")
-    if fmt in ("msrvtt", "vatex"):
+    if fmt == "videoqa":
+        out.append(f"data.annotations={dest / 'youtube_mapping.txt'}")
+    if fmt in ("msrvtt", "vatex", "videoqa"):
         out.append(f"data.video_root={dest / 'videos'}")
     return out

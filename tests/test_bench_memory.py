@@ -43,6 +43,19 @@ def test_bench_memory_tiny_json_and_relations(run_cli, tmp_path):
     assert "| qlora |" in (tmp_path / "memory.md").read_text()
 
 
+@pytest.mark.slow
+def test_bench_memory_generative_tiny_relations(run_cli):
+    """The video-llm's step (causal-LM loss on a caption after the video tokens), full vs LoRA vs QLoRA."""
+    proc = run_cli("bench", "memory", "--arch", "tiny-llm", "--frames", "2", "--steps", "1", "--methods",
+                   "full,lora,qlora", "--json", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads(proc.stdout.strip().splitlines()[-1])["methods"]
+    full, lora, qlora = m["full"], m["lora"], m["qlora"]
+    assert full["trainable_params"] == full["base_params"] > lora["trainable_params"] == qlora["trainable_params"] > 0
+    assert qlora["weight_mb"] < lora["weight_mb"] and full["optimizer_mb"] > lora["optimizer_mb"]
+    assert full["live_peak_mb"] > lora["live_peak_mb"] > qlora["live_peak_mb"]
+
+
 def test_bench_memory_rejects_unknown_method(run_cli):
     proc = run_cli("bench", "memory", "--arch", "tiny", "--methods", "full,dora")
     assert proc.returncode == 2 and "dora" in proc.stderr and "qlora-8bit" in proc.stderr

@@ -152,7 +152,7 @@ def test_data_cache_reports_hit_rate_size_and_cap(six_videos, tmp_path, run_cli)
 
 def test_prepare_uses_the_preparer_training_uses(tiny_recipe):
     from toolchain.data.prepare_cache import recipe_preparer
-    from toolchain.train import build_trainable, model_info
+    from toolchain.models.assemble import build_trainable, model_info
 
     model = build_trainable(tiny_recipe, model_info(tiny_recipe), "cpu")
     ours, theirs = recipe_preparer(tiny_recipe), model.preparer()

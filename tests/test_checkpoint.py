@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SHIPPED_RECIPE, TINY_OVERRIDES, cli_env, data_overrides, vqtool_command
+from conftest import SHIPPED_RECIPE, TASK_RECIPES, TINY_OVERRIDES, cli_env, data_overrides, vqtool_command
 from toolchain.checkpoint import (
     CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, open_work_dir, recipe_differences,
     rewind_metrics, run_dir_of, save_checkpoint, work_dir,
@@ -165,8 +165,8 @@ def small_data(shapes_data, tmp_path_factory):
     return out
 
 
-def tiny_args(data, *extra: str) -> list[str]:
-    return [str(SHIPPED_RECIPE), *sets(*TINY_OVERRIDES, *data_overrides(data), "train.log_every=1", *extra)]
+def tiny_args(data, *extra: str, recipe=SHIPPED_RECIPE) -> list[str]:
+    return [str(recipe), *sets(*TINY_OVERRIDES, *data_overrides(data), "train.log_every=1", *extra)]
 
 
 def adapter_tensors(run_dir) -> dict[str, torch.Tensor]:
@@ -184,13 +184,14 @@ def step_losses(run_dir) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_adapter(run_cli, small_data, tmp_path):
+@pytest.mark.parametrize("task", list(TASK_RECIPES))
+def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_adapter(run_cli, small_data, tmp_path, task):
     from toolchain.progress import Reporter
     from toolchain.recipe import load_recipe
     from toolchain.train import finetune
 
     steps = ["train.max_steps=30", "train.checkpoint_every=4", "train.keep=2"]
-    args = tiny_args(small_data, *steps)
+    args = tiny_args(small_data, *steps, recipe=TASK_RECIPES[task])
     killed = tmp_path / "runs" / "killed"
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen([*vqtool_command(), "finetune", *args, "--output-dir", str(killed)],
@@ -215,7 +216,7 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_adapter(
     assert [p.name for p in list_checkpoints(killed)] == ["step-00000028", "step-00000030"]
 
     straight = tmp_path / "runs" / "straight"
-    recipe = load_recipe(SHIPPED_RECIPE, [*TINY_OVERRIDES, *data_overrides(small_data), "train.log_every=1", *steps])
+    recipe = load_recipe(TASK_RECIPES[task], [*TINY_OVERRIDES, *data_overrides(small_data), "train.log_every=1", *steps])
     finetune(recipe, straight, False, Reporter(quiet=True))
     a, b = adapter_tensors(killed), adapter_tensors(straight)
     assert a.keys() == b.keys() and len(a) > 0

@@ -44,6 +44,8 @@ EXPECTED = {
     ("msrvtt", "eval"): (3, 3, 1, "maps to no video file"),  # 1k-A style: one caption per clip
     ("vatex", "train"): (8, 4, 2, None),
     ("vatex", "eval"): (6, 3, 0, None),
+    ("videoqa", "train"): (4, 2, 2, None),  # ids naming files; one id with no file, one row without answer
+    ("videoqa", "eval"): (2, 2, 0, None),  # MSVD-QA: video_id 1 is vid1, named by youtube_mapping.txt; one "video" path
 }
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import SHIPPED_RECIPE, TINY_OVERRIDES, data_overrides
+from conftest import TASK_RECIPES, TINY_OVERRIDES, data_overrides
 from toolchain.distributed import LossModule, Processes, parameters_digest, shard
 from toolchain.data.batches import batch_stream
 
@@ -55,7 +55,8 @@ def write_jsonl(path, rows) -> None:
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_one_adapter_and_agree(run_cli, shapes_data, tmp_path):
+@pytest.mark.parametrize("task", list(TASK_RECIPES))
+def test_two_cpu_processes_train_one_adapter_and_agree(run_cli, shapes_data, tmp_path, task):
     """Also the end-to-end bad-input run: unreadable training files are skipped and listed once."""
     from test_bad_inputs import write_bad_files
 
@@ -65,7 +66,7 @@ def test_two_cpu_processes_train_one_adapter_and_agree(run_cli, shapes_data, tmp
     write_jsonl(tmp_path / "eval.jsonl", absolute_rows(shapes_data / "eval.jsonl", 8))
     run_dir = tmp_path / "runs" / "ddp"
     sets = [*TINY_OVERRIDES, *data_overrides(tmp_path), "train.max_steps=3", "train.checkpoint_every=2"]
-    proc = run_cli("finetune", SHIPPED_RECIPE, "--output-dir", run_dir, "--processes", "2",
+    proc = run_cli("finetune", TASK_RECIPES[task], "--output-dir", run_dir, "--processes", "2",
                    *[a for s in sets for a in ("--set", s)])
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("run written to") == 1  # one summary, from the main process

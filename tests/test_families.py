@@ -99,7 +99,7 @@ def test_transformer_pooling_starts_as_mean():
 
 
 def test_xclip_k_must_match_its_frame_count(tmp_path):
-    from toolchain.train import model_info
+    from toolchain.models.assemble import model_info
 
     base = save_tiny_base("xclip", tmp_path / "x", frames=4)
     recipe = family_recipe(base, tmp_path, "jsonl", "xclip", "mean", "frames.k=6")

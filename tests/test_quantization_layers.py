@@ -87,7 +87,7 @@ def test_bnb_config_for_int8_and_none():
     ("none", True, "float32"),
 ])
 def test_the_trainable_model_holds_the_recipes_layers(tiny_recipe, quantization, double_quant, dtype):
-    from toolchain.train import build_trainable, model_info
+    from toolchain.models.assemble import build_trainable, model_info
 
     recipe = tiny_recipe.model_copy(deep=True)
     recipe.adapters.quantization, recipe.adapters.double_quant = quantization, double_quant
@@ -120,7 +120,7 @@ def quant_run(request, eight_eval_clips, tmp_path_factory):
     recipe = load_recipe(SHIPPED_RECIPE, [*TINY_OVERRIDES, *data_overrides(eight_eval_clips), "export.variants=[fp32]",
                                           f"adapters.quantization={quantization}", "train.checkpoint_every=0", *extra])
     trained: list[VideoCLIP] = []
-    real = VideoCLIP.encode_video_parts  # what the training loss calls
+    real = VideoCLIP.encode_video_parts  # what the contrastive loss calls (encode_pixels is its normalised part)
 
     def spy(self, pixels, motion):
         if self.training and torch.is_grad_enabled() and all(m is not self for m in trained):

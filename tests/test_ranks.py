@@ -45,7 +45,7 @@ def test_tiny_clip_groups_by_path(tiny_layers):
     assert groups["text_model.encoder.layers.2.mlp.fc2"] == "text"
     assert groups["visual_projection"] == groups["text_projection"] == "fusion"
     counts = {g: sum(x.group == g for x in tiny_layers) for g in GROUPS}
-    assert counts == {"vision": 4 * 6, "text": 3 * 6, "fusion": 2}
+    assert counts == {"vision": 4 * 6, "text": 3 * 6, "fusion": 2, "decoder": 0}  # a dual encoder has no decoder
 
 
 def test_dual_encoder_groups_from_a_saved_model(tmp_path):

@@ -13,7 +13,8 @@ from toolchain.data.clips import StreamedPixels, load_clips, stream_line
 from toolchain.errors import DataError
 from toolchain.progress import Reporter
 from toolchain.recipe import DataSection
-from toolchain.train import build_trainable, finetune, model_info
+from toolchain.models.assemble import build_trainable, model_info
+from toolchain.train import finetune
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,10 @@ def test_stream_line_names_the_key_and_warns_without_cache(shapes_data, prepare)
 
 
 @pytest.mark.slow
-def test_streamed_finetune_trains_the_same_adapter(tiny_recipe, tiny_run, tmp_path):
+@pytest.mark.parametrize("task", ["retrieval", "captioning"])
+def test_streamed_finetune_trains_the_same_adapter(request, task, tmp_path):
+    fixtures = {"retrieval": ("tiny_recipe", "tiny_run"), "captioning": ("tiny_caption_recipe", "tiny_caption_run")}
+    tiny_recipe, tiny_run = (request.getfixturevalue(name) for name in fixtures[task])
     recipe = tiny_recipe.model_copy(update={"data": tiny_recipe.data.model_copy(update={"in_memory_gb": 0.0})})
     run = tmp_path / "streamed"
     finetune(recipe, run, False, Reporter(quiet=True))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from toolchain.data.clips import caption_targets
 from toolchain.evaluate import retrieval_metrics, within_group_r1
-from toolchain.train import contrastive_loss
+from toolchain.tasks.retrieval import contrastive_loss
 
 
 def test_unique_captions_target_their_own_clip():
@@ -38,20 +38,14 @@ def test_a_caption_is_matched_by_its_text_not_by_its_position():
 
 
 class FixedEmbeddings(torch.nn.Module):
-    """Stands in for VideoCLIP: encode_pixels / encode_text return rows of the given embeddings, normalised."""
+    """Stands in for VideoCLIP: the video and text parts are rows of the given embeddings, scored by cosine."""
 
     def __init__(self, video: torch.Tensor, text: torch.Tensor, scale: float = 10.0):
         super().__init__()
         self.video, self.text, self.scale = video, text, scale
 
-    def encode_pixels(self, pixels, motion):
-        return F.normalize(self.video[pixels], dim=-1)
-
-    def encode_video_parts(self, pixels, motion):  # what contrastive_loss calls: (embeddings, no X-CLIP context)
-        return self.encode_pixels(pixels, motion), None
-
-    def encode_text(self, ids, mask):
-        return F.normalize(self.text[ids], dim=-1)
+    def encode_video_parts(self, pixels, motion):
+        return F.normalize(self.video[pixels], dim=-1), None  # no X-CLIP context
 
     def encode_text_features(self, ids, mask):
         return self.text[ids]

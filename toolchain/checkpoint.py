@@ -29,7 +29,7 @@ CHECKPOINTS = "checkpoints"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 # Keys that may change between a run and its resume without changing what is trained.
 HARMLESS_PREFIXES = ("name", "train.log_every", "train.checkpoint_every", "train.keep", "eval.", "export.",
-                     "data.synthesize_if_missing", "data.synth_videos", "data.synth_seed")
+                     "data.synthesize_if_missing", "data.synth_videos", "data.synth_seed", "generation.max_new_tokens")
 
 
 def open_work_dir(recipe: Recipe, run_dir: Path, force: bool, resume: bool) -> Path:

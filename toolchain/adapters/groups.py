@@ -1,8 +1,9 @@
-"""Module groups of a video-text model: which linear layers belong to vision, text or fusion.
+"""Module groups of a video-text model: which linear layers belong to vision, text, fusion or decoder.
 
-Groups come from module paths, not from a model class, so one rule table covers CLIP, X-CLIP and
-vision-text dual encoders. A linear outside both towers (projections into the joint space, X-CLIP's
-multi-frame integration transformer and prompt generator) joins or pools modalities: fusion.
+Groups come from module paths, not from a model class, so one rule table covers CLIP, X-CLIP,
+vision-text dual encoders and LLaVA-style video-llms. A linear outside the towers (projections into
+the joint space, X-CLIP's multi-frame integration transformer and prompt generator, a video-llm's
+multi_modal_projector) joins or pools modalities: fusion. A video-llm's language model is the decoder.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from dataclasses import dataclass
 
 from torch import nn
 
-GROUPS = ("vision", "text", "fusion")
+GROUPS = ("vision", "text", "fusion", "decoder")
 
 # First match wins. Names are relative to the base model (no PEFT `base_model.model.` prefix).
 GROUP_RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"(^|\.)(mit|prompts_generator|prompts_visual_projection)(\.|$)"), "fusion"),
     (re.compile(r"(^|\.)(visual_projection|text_projection)$"), "fusion"),
-    (re.compile(r"(^|\.)vision_model\."), "vision"),
+    (re.compile(r"(^|\.)multi_modal_projector(\.|$)"), "fusion"),
+    (re.compile(r"(^|\.)(vision_model|vision_tower)\."), "vision"),
     (re.compile(r"(^|\.)text_model\."), "text"),
+    (re.compile(r"(^|\.)(language_model\.|lm_head$)"), "decoder"),
 ]
 PEFT_PREFIX = re.compile(r"^(.*\.)?base_model\.model\.")
 ADAPTER_PARTS = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)\.")
@@ -63,12 +66,23 @@ def matches_target(name: str, targets: list[str] | str) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+def output_layer(model: nn.Module) -> str | None:
+    """The base-model name of the output layer (lm_head), which PEFT's 'all-linear' leaves out."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if out is None:
+        return None
+    return next((base_name(n) for n, m in base.named_modules() if m is out), None)
+
+
 def linear_layers(model: nn.Module, targets: list[str] | str = "all-linear") -> list[LinearLayer]:
-    """Every linear layer of `model` (plain, bitsandbytes or PEFT-wrapped) that `targets` selects."""
+    """Every linear layer of `model` (plain, bitsandbytes or PEFT-wrapped) that `targets` selects
+    ('all-linear' as PEFT reads it: without the output layer)."""
     out, seen = [], set()
+    skip = output_layer(model) if targets == "all-linear" else None
     for raw, module in model.named_modules():
         name = base_name(raw)
-        if name is None or name in seen or not isinstance(module, nn.Linear):
+        if name is None or name in seen or name == skip or not isinstance(module, nn.Linear):
             continue
         if matches_target(name, targets):
             seen.add(name)

@@ -80,3 +80,25 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(logical_numel(p) for p in model.parameters())
     return trainable, total
+
+
+def precision_summary(model: nn.Module) -> str:
+    """', 4-bit: N linears; full precision: a, b' for a quantized model ('' when nothing is quantized)."""
+    from toolchain.adapters.groups import base_name, group_of
+
+    quantized, plain = 0, []
+    for raw, module in model.named_modules():
+        name = base_name(raw)  # None for LoRA's own A and B
+        if name is None or not isinstance(module, nn.Linear):
+            continue
+        if type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+            quantized += 1
+        else:
+            plain.append(name)
+    if not quantized:
+        return ""
+    groups: dict[str, list[str]] = {}
+    for name in plain:
+        groups.setdefault(group_of(name), []).append(name)
+    shown = ", ".join(names[0] if len(names) == 1 else f"the {g} group ({len(names)} linears)" for g, names in groups.items())
+    return f" ({quantized} linears in 4-bit; full precision: {shown or 'none'})"

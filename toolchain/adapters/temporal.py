@@ -118,8 +118,8 @@ class TemporalLoraVariant:
 def vision_layer_index(name: str) -> int | None:
     """The vision encoder layer a module belongs to; None outside them and for X-CLIP's message
     token layers (message_fc / message_attn), which already mix the frames and see one token each."""
-    m = re.search(r"vision_model\.encoder\.layers\.(\d+)\.", name)
-    return int(m.group(1)) if m and ".message_" not in name else None
+    m = re.search(r"(vision_model|vision_tower)\.encoder\.layers\.(\d+)\.", name)
+    return int(m.group(2)) if m and ".message_" not in name else None
 
 
 def temporal_targets(model: nn.Module, layers) -> list[str]:

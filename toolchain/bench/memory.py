@@ -2,7 +2,8 @@
 
 Methods: `full` (fp32, every parameter trains, AdamW), `lora` (fp32 frozen base + LoRA), `qlora`
 (NF4 + double-quant base + LoRA) and `qlora-8bit` (LLM.int8 base + LoRA). A step is forward of both
-towers on B clips of K frames and B captions, the contrastive loss, backward and AdamW's step.
+towers on B clips of K frames and B captions, the contrastive loss, backward and AdamW's step; for the
+generative architectures (memory_llm.py) the video-llm's causal-LM loss on a caption per clip.
 Run as `python -m toolchain.bench.memory --method M --checkpoint DIR ...` it measures one method and
 prints one JSON line; `run_memory_bench` drives one such process per method.
 """
@@ -28,19 +29,31 @@ TARGETS = {"qlora_vs_lora": 0.5, "qlora_vs_full": 0.25, "trainable_pct": 1.0}
 
 def checkpoint_dir(arch: str, tmp: Path) -> str:
     """A local checkpoint of the arch: the shipped tiny base, or ViT-B/32 from its config (random weights)."""
+    from toolchain.bench.memory_llm import GENERATIVE_ARCHS, checkpoint_dir_llm
     from toolchain.models.archs import ARCHS, build_arch
     from toolchain.models.build import base_info
 
     if arch == "tiny":
         return base_info("tiny-video-clip").path
+    if arch in GENERATIVE_ARCHS:
+        return checkpoint_dir_llm(arch, tmp)
     if arch not in ARCHS:
-        raise VqtoolError(f"--arch {arch!r} is not known; choose one of {', '.join(ARCHS)}")
+        raise VqtoolError(f"--arch {arch!r} is not known; choose one of {', '.join(ARCHS + GENERATIVE_ARCHS)}")
     build_arch(arch, 1).clip.save_pretrained(str(tmp), safe_serialization=True)
     return str(tmp)
 
 
+def is_video_llm(checkpoint: str) -> bool:
+    return json.loads((Path(checkpoint) / "config.json").read_text()).get("model_type") == "llava_onevision"
+
+
 def build_model(method: str, checkpoint: str, k: int, rank: int, device: str, recompute: bool = False):
     from toolchain.adapters.qlora import add_lora, bnb_config, keep_training_layout
+
+    if is_video_llm(checkpoint):
+        from toolchain.bench.memory_llm import build_llm_model
+
+        return build_llm_model(QUANT[method], checkpoint, k, rank, device, recompute, method == "full")
     from toolchain.models.build import load_clip
     from toolchain.models.preprocess import CLIP_MEAN, CLIP_STD
     from toolchain.models.video_clip import VideoCLIP
@@ -61,6 +74,10 @@ def random_batch(model, batch: int, k: int, device: str):
     """Random pixels and token ids at full caption length: memory and speed do not depend on values."""
     import torch
 
+    if getattr(model, "family", None) == "video-llm":
+        from toolchain.bench.memory_llm import random_llm_batch
+
+        return random_llm_batch(model, batch, k, device)
     cfg = model.clip.config
     gen = torch.Generator().manual_seed(0)
     size = cfg.vision_config.image_size
@@ -99,9 +116,11 @@ def optimizer_bytes(opt) -> int:
 
 
 def train_step(model, opt, batch) -> None:
-    from toolchain.train import contrastive_loss
+    from toolchain.tasks.generative import lm_loss
+    from toolchain.tasks.retrieval import contrastive_loss
 
-    contrastive_loss(model, *batch).backward()
+    loss = lm_loss if getattr(model, "family", None) == "video-llm" else contrastive_loss
+    loss(model, *batch).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
@@ -245,7 +264,8 @@ def run_memory_bench(arch: str, frames: int, batch: int, steps: int, rank: int, 
     check_methods(methods)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="vqtool-bench-") as tmp:
-        report.say(f"building the {arch} checkpoint (random weights)" if arch != "tiny" else "using the tiny base")
+        report.say({"tiny": "using the tiny base", "smollm2": "reading the real SmolLM2-135M from its GGUF file "
+                    "(dequantized) and composing it with the tiny vision tower"}.get(arch, f"building the {arch} checkpoint (random weights)"))
         checkpoint = checkpoint_dir(arch, Path(tmp))
         with report.task("training step per method", len(methods)) as advance:
             for method in methods:

@@ -1,4 +1,5 @@
-"""Annotation files: one JSON object per line pairing a video path with its caption."""
+"""Annotation files: one JSON object per line pairing a video path with its caption, or with a question
+and its answer ({"video", "question", "answer"}, optionally "type")."""
 
 from __future__ import annotations
 
@@ -11,31 +12,37 @@ from toolchain.errors import DataError
 
 @dataclass(frozen=True)
 class Sample:
+    """One row: a video and the text to match or produce, a caption or, for a question, its answer."""
+
     video: Path
     caption: str
+    question: str | None = None
+    qtype: str | None = None  # question type as the row names it (else the question's first word)
 
 
-def _check_row(row) -> tuple[str, str]:
-    """A parsed JSONL row -> (video, caption); raises ValueError describing what is wrong."""
-    if not isinstance(row, dict):
-        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    for key in ("video", "caption"):
+def _strings(row: dict, keys: tuple[str, ...]) -> None:
+    for key in keys:
         if key not in row:
             raise ValueError(f"missing key '{key}'")
         if not isinstance(row[key], str):
             raise ValueError(f"'{key}' must be a string, got {type(row[key]).__name__}")
+
+
+def _check_row(row) -> tuple:
+    """A parsed JSONL row -> (video, caption) or, for a QA row, (video, answer, question, type); raises
+    ValueError describing what is wrong."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    if "question" in row or "answer" in row:
+        _strings(row, ("video", "question", "answer"))
+        qtype = row.get("type")
+        if qtype is not None and not isinstance(qtype, str):
+            raise ValueError(f"'type' must be a string, got {type(qtype).__name__}")
+        if not row["question"].strip() or not row["answer"].strip():
+            raise ValueError("empty question or answer")
+        return row["video"], row["answer"], row["question"], qtype
+    _strings(row, ("video", "caption"))
     return row["video"], row["caption"]
-
-
-def _parse_line(line: str, folder: Path) -> Sample:
-    """One JSONL line as a Sample; raises ValueError describing what is wrong."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not valid JSON ({err.msg})") from None
-    video, caption = _check_row(row)
-    # Relative paths are relative to the annotation file, so a dataset folder can move.
-    return Sample(video=folder / video, caption=caption)
 
 
 def parse_rows(lines: list[str]):
@@ -51,12 +58,14 @@ def parse_rows(lines: list[str]):
     return out
 
 
-def samples_of(folder: Path, paths: dict, video: str, caption: str) -> Sample:
-    """A Sample whose Path is shared by every row of the same video (built and hashed once)."""
+def samples_of(folder: Path, paths: dict, video: str, caption: str, question: str | None = None,
+               qtype: str | None = None) -> Sample:
+    """A Sample whose Path is shared by every row of the same video (built and hashed once); for a QA
+    row `caption` is the answer."""
     path = paths.get(video)
     if path is None:
         path = paths[video] = folder / video  # relative to the annotation file, so a dataset folder can move
-    return Sample(path, caption)
+    return Sample(path, caption, question, qtype)
 
 
 def load_jsonl(path: Path) -> list[Sample]:

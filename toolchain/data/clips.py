@@ -105,7 +105,8 @@ class PairView:
 @dataclass
 class ClipSet:
     """Per video: pixels [V,K,3,S,S] (a tensor, or StreamedPixels), frame indices and motion [V,K],
-    paths. Per pair: caption, video."""
+    paths. Per pair: caption (for a question-answer row, the answer), video, and for QA rows the
+    question and its type (None for captions)."""
 
     video_pixels: torch.Tensor | StreamedPixels
     video_indices: torch.Tensor
@@ -115,6 +116,8 @@ class ClipSet:
     video_of: torch.Tensor
     skipped: list[tuple[str, str]] = field(default_factory=list)
     load: dict = field(default_factory=dict)  # seconds, cache hits/misses: the data-loading benchmark
+    questions: list[str | None] = field(default_factory=list)
+    qtypes: list[str | None] = field(default_factory=list)
 
     @property
     def streamed(self) -> bool:
@@ -135,9 +138,15 @@ class ClipSet:
 
 def group_by_video(split: Split) -> tuple[list, list[list[str]]]:
     """Unique videos in first-seen order and the captions of each."""
+    videos, rows = rows_by_video(split)
+    return videos, [[s.caption for s in r] for r in rows]
+
+
+def rows_by_video(split: Split) -> tuple[list, list[list]]:
+    """Unique videos in first-seen order and the rows (Samples) of each."""
     order: dict = {}
     for s in split.pairs:
-        order.setdefault(s.video, []).append(s.caption)
+        order.setdefault(s.video, []).append(s)
     return list(order), list(order.values())
 
 
@@ -160,10 +169,10 @@ def load_clips(
         split = read_jsonl(DataSection(format="jsonl"), str(split))
     cache = cache or FrameCache(None)
     hits0, misses0, t0 = cache.hits, cache.misses, time.perf_counter()
-    videos, caption_lists = group_by_video(split)
-    kept, captions, video_of, skipped = [], [], [], list(split.skipped)
+    videos, row_lists = rows_by_video(split)
+    kept, captions, video_of, skipped, questions, qtypes = [], [], [], list(split.skipped), [], []
     store = indices = motion = shape = None
-    for i, (video, caps) in enumerate(zip(videos, caption_lists)):
+    for i, (video, samples) in enumerate(zip(videos, row_lists)):
         try:
             pix, idx, mot = prepared(video, prepare, max_frames, cache, pixels=shape is None or store is not None)
         except VideoReadError as exc:
@@ -178,8 +187,10 @@ def load_clips(
             for rows, row in ((store, pix), (indices, idx), (motion, mot)):
                 if rows is not None and row is not None:
                     rows[len(kept)] = row[0]
-            captions += caps
-            video_of += [len(kept)] * len(caps)
+            captions += [r.caption for r in samples]
+            questions += [r.question for r in samples]
+            qtypes += [r.qtype for r in samples]
+            video_of += [len(kept)] * len(samples)
             kept.append(video)
         if progress:
             progress(i + 1, len(videos))
@@ -192,7 +203,7 @@ def load_clips(
     else:
         store = store[: len(kept)]
     return ClipSet(store, indices[: len(kept)], motion[: len(kept)], kept, captions,
-                   torch.tensor(video_of, dtype=torch.int64), skipped, load)
+                   torch.tensor(video_of, dtype=torch.int64), skipped, load, questions, qtypes)
 
 
 def load_line(which: str, clips: ClipSet) -> str:

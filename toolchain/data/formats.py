@@ -1,6 +1,7 @@
-"""Dataset formats as users have them on disk: generic JSONL / CSV, MSR-VTT and VATEX annotations.
+"""Dataset formats as users have them on disk: generic JSONL / CSV, MSR-VTT and VATEX annotations, and
+MSRVTT-QA / MSVD-QA question-answer json.
 
-Every reader turns one split into (video path, caption) pairs. A row that cannot be used (malformed,
+Every reader turns one split into (video path, caption) pairs, or (video, question, answer) rows. A row that cannot be used (malformed,
 a clip id that maps to no file, a missing video) is counted and skipped with its reason, never a
 crash of the whole run; a split with no usable row is a DataError naming the file.
 """
@@ -29,13 +30,16 @@ class Split:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def read_split(data: DataSection, which: str) -> Split:
-    """The `train` or `eval` split of the recipe's dataset."""
+def read_split(data: DataSection, which: str, task: str | None = None) -> Split:
+    """The `train` or `eval` split of the recipe's dataset; with a task, rows it cannot use are skipped."""
     spec = getattr(data, which)
     split = READERS[data.format](data, spec, f"data.{which}")
+    if task is not None:
+        split = keep_for_task(split, task)
     if not split.pairs:
         head = "; ".join(f"{w}: {r}" for w, r in split.skipped[:3]) or "it has no rows"
-        raise DataError(f"data.{which}: no usable (video, caption) row in {split.source} "
+        what = "(video, question, answer)" if task == "qa" else "(video, caption)"
+        raise DataError(f"data.{which}: no usable {what} row in {split.source} "
                         f"({len(split.skipped)} skipped; {head}). Check data.format ({data.format}) "
                         "and data.video_root")
     return split
@@ -190,7 +194,78 @@ def read_vatex(data: DataSection, spec: str, key: str = "data.train/data.eval") 
     return Split(pairs, str(path), skipped)
 
 
-READERS = {"jsonl": read_jsonl, "csv": read_csv, "msrvtt": read_msrvtt, "vatex": read_vatex}
+def msvd_names(path: Path) -> dict[str, str]:
+    """MSVD's youtube_mapping.txt ("-4wsuPCjDBc_5_15 vid1" per line) as {"vid1": "-4wsuPCjDBc_5_15"}."""
+    out = {}
+    for line in _read_text(_need_file(path, "data.annotations")).splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            out[parts[1]] = parts[0]
+    return out
+
+
+def _qa_stems(video_id, names: dict[str, str]) -> list[str]:
+    """File stems a QA row's video_id may name: MSVD-QA's 1 is vid1, whose file youtube_mapping.txt names;
+    MSRVTT-QA's 7010 is video7010."""
+    ids = [f"vid{video_id}", f"video{video_id}", str(video_id)] if isinstance(video_id, int) else [video_id]
+    return [names[i] for i in ids if i in names] + ids
+
+
+def _qa_row(item, where: str, root: Path, index, names, skipped: list) -> Sample | None:
+    q = item.get("question") if isinstance(item, dict) else None
+    a = item.get("answer") if isinstance(item, dict) else None
+    qtype = item.get("type") if isinstance(item, dict) else None
+    if not isinstance(q, str) or not isinstance(a, str) or not q.strip() or not a.strip() or \
+            not isinstance(qtype, (str, type(None))):
+        skipped.append((where, "malformed row (needs a non-empty 'question' and 'answer')"))
+        return None
+    if isinstance(item.get("video"), str):
+        return Sample(root / item["video"], a.strip(), q.strip(), qtype)
+    vid = item.get("video_id")
+    if isinstance(vid, bool) or not isinstance(vid, (int, str)):
+        skipped.append((where, "malformed row (needs 'video_id' or 'video')"))
+        return None
+    found = next((index().by_stem[s] for s in _qa_stems(vid, names) if s in index().by_stem), None)
+    if found is None:
+        skipped.append((where, f"video id {vid!r} maps to no video file in {root}"))
+        return None
+    return Sample(found, a.strip(), q.strip(), qtype)
+
+
+def read_videoqa(data: DataSection, spec: str, key: str = "data.train/data.eval") -> Split:
+    """MSRVTT-QA / MSVD-QA json: a list of {"video_id" or "video", "question", "answer"} (optional "type")."""
+    path = _need_file(Path(spec), key)
+    doc = _load_json(path)
+    if not isinstance(doc, list):
+        raise DataError(f"{path} is not a video-QA json (a list of objects with video_id or video, question, answer)")
+    root, skipped, pairs, found = _root(data, path), [], [], {}
+    names = msvd_names(Path(data.annotations)) if data.annotations else {}
+
+    def index() -> VideoIndex:  # scanned once, and only if a row names its clip by id
+        if "index" not in found:
+            found["index"] = VideoIndex(root)
+        return found["index"]
+
+    for i, item in enumerate(doc):
+        row = _qa_row(item, f"{path}[{i}]", root, index, names, skipped)
+        if row is not None:
+            pairs.append(row)
+    return Split(_keep_existing(pairs, skipped, str(path)), str(path), skipped)
+
+
+def keep_for_task(split: Split, task: str) -> Split:
+    """qa keeps question-answer rows, retrieval and captioning keep captions; the others are skipped."""
+    kept, skipped = [], list(split.skipped)
+    for s in split.pairs:
+        if (s.question is not None) == (task == "qa"):
+            kept.append(s)
+        else:
+            need = "rows with question and answer" if task == "qa" else "captions, not question-answer rows"
+            skipped.append((str(s.video), f"unused row (task {task} reads {need})"))
+    return Split(kept, split.source, skipped)
+
+
+READERS = {"jsonl": read_jsonl, "csv": read_csv, "msrvtt": read_msrvtt, "vatex": read_vatex, "videoqa": read_videoqa}
 
 
 def skip_summary(which: str, split: Split, shown: int = 3) -> str | None:

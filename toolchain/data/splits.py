@@ -28,7 +28,7 @@ def read_splits(recipe: Recipe, report) -> dict:
     ensure_data(recipe.data, report)
     splits = {}
     for which in ("train", "eval"):
-        splits[which] = read_split(recipe.data, which)
+        splits[which] = read_split(recipe.data, which, recipe.task)
         if (line := skip_summary(which, splits[which])) is not None:
             report.warn(line)
     return splits

@@ -42,6 +42,28 @@ def appearance(caption_text: str) -> str | None:
     return None
 
 
+QUESTIONS = {  # type -> question; the answer is the caption's word of that kind
+    "colour": "what colour is the shape ?",
+    "shape": "what shape is it ?",
+    "direction": "which way does the {color} {shape} move ?",
+}
+
+
+def qa_rows(video: str, caption_text: str) -> list[dict]:
+    """The question-answer rows of one clip ('a red circle moves left': colour, shape and direction)."""
+    _, color, shape, _, direction = caption_text.split()
+    answers = {"colour": color, "shape": shape, "direction": direction}
+    return [{"video": video, "question": q.format(color=color, shape=shape), "answer": answers[t], "type": t}
+            for t, q in QUESTIONS.items()]
+
+
+def write_qa_files(out_dir: Path) -> None:
+    """SPLIT_qa.jsonl beside each SPLIT.jsonl of a shapes set: its clips' question-answer rows."""
+    for split in ("train", "eval"):
+        rows = [json.loads(line) for line in (Path(out_dir) / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+        _write_jsonl(Path(out_dir) / f"{split}_qa.jsonl", [q for r in rows for q in qa_rows(r["video"], r["caption"])])
+
+
 def blank_frame(h: int, w: int) -> np.ndarray:
     return np.full((h, w, 3), BACKGROUND, dtype=np.uint8)
 
@@ -188,4 +210,5 @@ def synthesize(
             if progress is not None:
                 progress(done, total)
         _write_jsonl(out_dir / f"{split}.jsonl", rows)
+    write_qa_files(out_dir)
     return {"train": videos, "eval": len(splits["eval"][1]), "dir": str(out_dir)}

@@ -9,7 +9,7 @@ from pathlib import Path
 from toolchain.errors import RecipeError
 from toolchain.heap import release_free_heap
 from toolchain.models.preprocess import CLIP_MEAN, CLIP_STD, RESAMPLE
-from toolchain.models.tiny import BUILTIN_DIR, BUILTIN_NAME, MAX_TEXT_LEN
+from toolchain.models.tiny import BUILTINS, MAX_TEXT_LEN
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,11 @@ class BaseInfo:
 
 
 def resolve_base(name_or_path: str) -> str:
-    if name_or_path == BUILTIN_NAME:
-        if not (BUILTIN_DIR / "model.safetensors").is_file():
-            raise RecipeError(
-                f"the built-in base {BUILTIN_NAME} is missing from {BUILTIN_DIR}; "
-                "rebuild it with: python scripts/make_tiny_base.py"
-            )
-        return str(BUILTIN_DIR)
+    if name_or_path in BUILTINS:
+        folder, script = BUILTINS[name_or_path]
+        if not (folder / "model.safetensors").is_file():
+            raise RecipeError(f"the built-in base {name_or_path} is missing from {folder}; rebuild it with: python {script}")
+        return str(folder)
     if Path(name_or_path).is_dir():
         return name_or_path
     return download_base(name_or_path)
@@ -50,7 +48,7 @@ def download_base(repo_id: str) -> str:
         return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt"])
     except Exception as exc:  # offline, unknown repo, auth: all end the same way for the user
         raise RecipeError(
-            f"model.name_or_path: {repo_id!r} is not '{BUILTIN_NAME}' nor a local directory, and fetching "
+            f"model.name_or_path: {repo_id!r} is not a built-in base ({', '.join(BUILTINS)}) nor a local directory, and fetching "
             f"it from the hub failed: {hub_failure(exc)} ({type(exc).__name__}). Download it where you have "
             "network (huggingface-cli download ORG/MODEL --local-dir DIR) and set model.name_or_path to DIR."
         ) from None
@@ -68,7 +66,8 @@ def hub_failure(exc: Exception) -> str:
     return (str(exc).splitlines() or ["unknown error"])[0][:200]
 
 
-MODEL_TYPES = {"clip": "clip", "xclip": "xclip", "dual-encoder": "vision-text-dual-encoder"}
+MODEL_TYPES = {"clip": "clip", "xclip": "xclip", "dual-encoder": "vision-text-dual-encoder",
+               "video-llm": "llava_onevision"}
 MAX_TEXT_LEN_CAP = 77  # CLIP's context; a BERT text tower allows 512, which only pads every caption
 
 
@@ -82,7 +81,8 @@ def base_info(name_or_path: str, family: str = "clip") -> BaseInfo:
     check_family(config, family, local)
     size = config.get("vision_config", {}).get("image_size", 224)
     proc = processor_constants(local, size)
-    max_len = min(config.get("text_config", {}).get("max_position_embeddings", MAX_TEXT_LEN), MAX_TEXT_LEN_CAP)
+    max_len = config.get("text_config", {}).get("max_position_embeddings", MAX_TEXT_LEN)
+    max_len = max_len if family == "video-llm" else min(max_len, MAX_TEXT_LEN_CAP)  # a decoder's context is not padded
     frames = config.get("vision_config", {}).get("num_frames") if family == "xclip" else None
     return BaseInfo(path, tok, size, proc["mean"], proc["std"], max_len, family,
                     proc["resize_shortest"], proc["rescale"], frames, proc["resample"])
@@ -92,7 +92,7 @@ def check_family(config: dict, family: str, local: Path) -> None:
     found = config.get("model_type")
     if found != MODEL_TYPES[family]:
         names = {v: k for k, v in MODEL_TYPES.items()}
-        hint = f"set model.family: {names[found]}" if found in names else "use a clip, xclip or dual-encoder checkpoint"
+        hint = f"set model.family: {names[found]}" if found in names else "use a clip, xclip, dual-encoder or llava_onevision checkpoint"
         raise RecipeError(f"model.family is {family}, but {local}/config.json has model_type {found!r}; {hint}")
 
 
@@ -138,7 +138,8 @@ def _edge(crop) -> int | None:
 def base_class(family: str):
     import transformers
 
-    names = {"clip": "CLIPModel", "xclip": "XCLIPModel", "dual-encoder": "VisionTextDualEncoderModel"}
+    names = {"clip": "CLIPModel", "xclip": "XCLIPModel", "dual-encoder": "VisionTextDualEncoderModel",
+             "video-llm": "LlavaOnevisionForConditionalGeneration"}
     return getattr(transformers, names[family])
 
 

@@ -1,13 +1,18 @@
-"""The built-in `tiny-video-clip` base: its config, its word-level tokenizer and where it ships."""
+"""The built-in bases, `tiny-video-clip` and `tiny-video-llm`: their configs, word-level tokenizers and where they ship."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 BUILTIN_NAME = "tiny-video-clip"
 BUILTIN_DIR = Path(__file__).parent / "tiny_video_clip"
+LLM_NAME = "tiny-video-llm"
+LLM_DIR = Path(__file__).parent / "tiny_video_llm"
+# name -> (folder, the script that rebuilds it)
+BUILTINS = {BUILTIN_NAME: (BUILTIN_DIR, "scripts/make_tiny_base.py"),
+            LLM_NAME: (LLM_DIR, "scripts/make_tiny_video_llm.py")}
 SPECIAL = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
 MAX_TEXT_LEN = 16
 # The caption grammar plus a few common words, so other phrasings tokenize to something sensible.
@@ -17,12 +22,17 @@ WORDS = (
 ).split()
 
 
-def build_tokenizer() -> Tokenizer:
-    vocab = {w: i for i, w in enumerate(SPECIAL + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+def word_level(tokens: list[str]) -> Tokenizer:
+    """Lower-cased, whitespace/punctuation-split words; anything else is [UNK]."""
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(tokens)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    bos, eos = vocab["[BOS]"], vocab["[EOS]"]
+    return tok
+
+
+def build_tokenizer() -> Tokenizer:
+    tok = word_level(SPECIAL + WORDS)
+    bos, eos = tok.token_to_id("[BOS]"), tok.token_to_id("[EOS]")
     tok.post_processor = processors.TemplateProcessing(
         single="[BOS] $A [EOS]", special_tokens=[("[BOS]", bos), ("[EOS]", eos)]
     )
@@ -42,3 +52,19 @@ def tiny_clip_config(vocab_size: int):
         image_size=32, patch_size=8, num_channels=3,
     )
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
+
+
+# tiny-video-llm: the caption grammar, the questions and the default prompts' words; <video> and
+# <image> are the placeholders whose embeddings the vision tokens replace.
+LLM_SPECIAL = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "<video>", "<image>"]
+LLM_WORDS = WORDS + (
+    "what colour color which way does it describe video clip question answer this then first , . ? :"
+).split()
+
+
+def build_llm_tokenizer() -> Tokenizer:
+    """Word-level, no post-processor: the prompt builder places every special token itself."""
+    tok = word_level(LLM_SPECIAL + LLM_WORDS)
+    tok.add_special_tokens(LLM_SPECIAL)
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
+    return tok

@@ -34,6 +34,11 @@ class VideoCLIP(nn.Module):
         self.temporal = TemporalContext()  # read by temporal LoRA layers, if any
         bind_temporal(clip, self.temporal)
 
+    @property
+    def core(self) -> nn.Module:
+        """The wrapped model (PEFT's, when adapters are on): what adapters attach to and are saved from."""
+        return self.clip
+
     def prepare_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 [B,N,H,W,3] -> (pixels float [B,K,3,S,S], indices int64 [B,K], motion float [B,K] in [0,1])."""
         return self.preparer()(frames)
