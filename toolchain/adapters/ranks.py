@@ -91,7 +91,11 @@ def resolve_budget(cfg: RanksSection, uniform_cost: int, base_params: int) -> in
     if cfg.budget is None:
         return uniform_cost
     if isinstance(cfg.budget, str):
-        return int(round(float(cfg.budget.rstrip("%")) / 100 * base_params))
+        budget = int(round(float(cfg.budget.strip().rstrip("%")) / 100 * base_params))
+        if budget < 1:
+            raise RecipeError(f"adapters.ranks.budget: {cfg.budget!r} of the base ({base_params:,} parameters) is "
+                              "less than one parameter; give a larger percentage or a parameter count")
+        return budget
     return cfg.budget
 
 
