@@ -125,8 +125,51 @@ def test_ranks_json_carries_the_plan():
 
 def test_a_plan_that_adapts_nothing_is_a_recipe_error():
     plan = RankPlan("manual", 1000, 1000, [LayerRank(T0, 1024, 0), LayerRank(F0, 1280, 0)])
-    with pytest.raises(RecipeError, match="adapts no layer; raise the budget or the shares"):
+    with pytest.raises(RecipeError) as exc:
         check_budget(plan, adapters().ranks)
+    assert str(exc.value) == "adapters.ranks: the allocation adapts no layer; raise the budget or the shares"
+
+
+def test_targets_that_select_no_layer_are_a_recipe_error():
+    with pytest.raises(RecipeError) as exc:
+        plan_ranks(adapters(), [], {}, 10_000_000)
+    assert str(exc.value) == "adapters.target_modules selects no linear layer, so there is nothing to allocate"
+
+
+def test_a_rank_one_layer_counts_as_adapted_and_the_plan_knows_its_base():
+    plan = plan_ranks(adapters(budget=STEP), LAYERS, {}, 10_000_000)  # rank 1 everywhere
+    assert plan.by_group()["vision"]["adapted"] == 2 and plan.to_json()["groups"]["text"]["adapted"] == 1
+    assert plan.to_json()["base_params"] == 10_000_000
+    assert plan_table(plan).endswith("0.08% of the base")  # 7,680 / 10,000,000
+
+
+def test_a_narrow_layer_caps_the_rank_at_its_smaller_side():
+    narrow = [LinearLayer("vision_model.encoder.layers.0.mlp.fc2", "vision", 8, 768),  # in 8
+              LinearLayer("text_model.encoder.layers.0.mlp.fc1", "text", 768, 8)]  # out 8
+    a = adapters(strategy="manual", budget=24_832, shares={"vision": 0.5, "text": 0.5})
+    with pytest.raises(RecipeError) as exc:
+        plan_ranks(a, narrow, {}, 10_000_000)
+    # each wants 12,416 = 16 ranks of 776; neither takes more than 8 ranks: 6,208
+    for g in ("vision", "text"):
+        assert f"the {g} share (12,416) is outside what its layers can take (776 at min_rank 1 to 6,208 " in str(exc.value)
+    plan = plan_ranks(adapters(strategy="manual", budget=12_416, shares={"vision": 0.5, "text": 0.5}), narrow, {},
+                      10_000_000)
+    assert [x.rank for x in plan.layers] == [8, 8]
+
+
+def test_a_zero_share_for_a_group_the_targets_miss_is_fine():
+    plan = plan_ranks(adapters(strategy="manual", budget=40_000, shares={"vision": 1.0, "fusion": 0.0}),
+                      [V0, V1, T0], {}, 10_000_000)
+    assert {x.layer.group for x in plan.active()} == {"vision"}
+
+
+def test_leftover_budget_goes_to_the_largest_remainder_first():
+    from toolchain.adapters.ranks import integer_ranks
+
+    rows = [LayerRank(T0, 1024), LayerRank(LinearLayer("text_model.x", "text", 512, 512), 1024),
+            LayerRank(LinearLayer("text_model.y", "text", 512, 512), 1024)]
+    integer_ranks(rows, [2.8, 2.2, 2.6], 8 * 1024, 64)  # floors 2+2+2; 2 ranks left: to 2.8 and 2.6
+    assert [x.rank for x in rows] == [3, 2, 3]
 
 
 def test_uniform_budget_off_the_step_says_the_step_and_the_miss():

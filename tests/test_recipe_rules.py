@@ -56,6 +56,12 @@ def test_shares_that_sum_to_one_up_to_float_rounding_are_accepted():
         == zero
 
 
+def test_without_a_source_the_problems_are_the_recipes():
+    with pytest.raises(RecipeError) as exc:
+        validate_recipe({"frames": {"k": 0}})
+    assert str(exc.value).startswith("recipe: 1 problem(s)\n  - frames.k:")
+
+
 def test_a_range_error_names_the_key_the_rule_and_the_value():
     assert problem_lines({"frames": {"k": 0}}) == ["frames.k: Input should be greater than or equal to 1 (got 0)"]
     assert problem_lines({"train": {"lr": "fast"}}) == [
@@ -80,6 +86,11 @@ def test_an_unknown_nested_key_suggests_the_nearest_and_lists_that_sections_keys
     assert problem_lines({"export": {"int4": {"blocksize": 64}}}) == [
         "unknown key 'export.int4.blocksize'; did you mean 'export.int4.block_size'? Valid keys in export.int4: "
         "block_size, symmetric, accuracy_level"]
+
+
+def test_a_key_near_two_names_suggests_only_the_nearest():
+    (line,) = problem_lines({"adapters": {"ranks": {"mid_rank": 2}}})  # near min_rank and max_rank
+    assert line.startswith("unknown key 'adapters.ranks.mid_rank'; did you mean 'adapters.ranks.min_rank'? Valid")
 
 
 def test_an_unknown_key_with_no_near_name_still_lists_the_valid_keys():

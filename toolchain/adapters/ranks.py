@@ -211,20 +211,16 @@ def budget_hint(plan: RankPlan, cfg: RanksSection) -> str:
         step = sum(x.per_rank for x in plan.layers)
         return (f"with strategy uniform the budget moves in steps of {step:,} (one rank everywhere): "
                 "pick a multiple, or use strategy manual or importance")
-    groups = {g: 1.0 for g in GROUPS} if plan.strategy == "importance" else {"all": 1.0}
-    if plan.strategy == "manual":
-        groups = {g: s for g, s in cfg.shares.items() if s > 0}
+    # manual: each group with a share must fit its own layers; importance: one budget over every layer
+    groups = {g: s for g, s in cfg.shares.items() if s > 0} if plan.strategy == "manual" else {"all": 1.0}
     out = []
     for g, share in groups.items():
-        rows = [x for x in plan.layers if g in ("all", x.layer.group)] if plan.strategy == "manual" else plan.layers
-        lo, hi = rank_bounds(rows, cfg)
+        lo, hi = rank_bounds([x for x in plan.layers if g in ("all", x.layer.group)], cfg)
         want = share * plan.budget
         if want < lo or want > hi:
-            name = f"the {g} share" if plan.strategy == "manual" else "the budget"
+            name = "the budget" if g == "all" else f"the {g} share"
             out.append(f"{name} ({want:,.0f}) is outside what its layers can take ({lo:,} at min_rank "
                        f"{cfg.min_rank} to {hi:,} at max_rank {cfg.max_rank} or min(in, out))")
-        if plan.strategy == "importance":
-            break
     return "; ".join(out) + ": change the budget, the shares or min_rank/max_rank"
 
 
