@@ -91,7 +91,11 @@ def resolve_budget(cfg: RanksSection, uniform_cost: int, base_params: int) -> in
     if cfg.budget is None:
         return uniform_cost
     if isinstance(cfg.budget, str):
-        return int(round(float(cfg.budget.rstrip("%")) / 100 * base_params))
+        budget = int(round(float(cfg.budget.strip().rstrip("%")) / 100 * base_params))
+        if budget < 1:
+            raise RecipeError(f"adapters.ranks.budget: {cfg.budget!r} of the base ({base_params:,} parameters) is "
+                              "less than one parameter; give a larger percentage or a parameter count")
+        return budget
     return cfg.budget
 
 
@@ -207,20 +211,16 @@ def budget_hint(plan: RankPlan, cfg: RanksSection) -> str:
         step = sum(x.per_rank for x in plan.layers)
         return (f"with strategy uniform the budget moves in steps of {step:,} (one rank everywhere): "
                 "pick a multiple, or use strategy manual or importance")
-    groups = {g: 1.0 for g in GROUPS} if plan.strategy == "importance" else {"all": 1.0}
-    if plan.strategy == "manual":
-        groups = {g: s for g, s in cfg.shares.items() if s > 0}
+    # manual: each group with a share must fit its own layers; importance: one budget over every layer
+    groups = {g: s for g, s in cfg.shares.items() if s > 0} if plan.strategy == "manual" else {"all": 1.0}
     out = []
     for g, share in groups.items():
-        rows = [x for x in plan.layers if g in ("all", x.layer.group)] if plan.strategy == "manual" else plan.layers
-        lo, hi = rank_bounds(rows, cfg)
+        lo, hi = rank_bounds([x for x in plan.layers if g in ("all", x.layer.group)], cfg)
         want = share * plan.budget
         if want < lo or want > hi:
-            name = f"the {g} share" if plan.strategy == "manual" else "the budget"
+            name = "the budget" if g == "all" else f"the {g} share"
             out.append(f"{name} ({want:,.0f}) is outside what its layers can take ({lo:,} at min_rank "
                        f"{cfg.min_rank} to {hi:,} at max_rank {cfg.max_rank} or min(in, out))")
-        if plan.strategy == "importance":
-            break
     return "; ".join(out) + ": change the budget, the shares or min_rank/max_rank"
 
 
