@@ -98,7 +98,7 @@ def test_an_unknown_key_with_no_near_name_still_lists_the_valid_keys():
         "unknown key 'train.zzz'. Valid keys in train: max_steps, epochs, lr, batch_size, grad_accumulation, seed, "
         "weight_decay, warmup_steps, log_every, checkpoint_every, keep"]
     assert problem_lines({"zzz": 1}) == [
-        "unknown key 'zzz'. Valid keys: name, model, data, frames, adapters, train, eval, export"]
+        "unknown key 'zzz'. Valid keys: name, task, model, data, frames, adapters, train, eval, generation, export"]
 
 
 def test_an_unknown_key_under_a_mapping_of_gates_is_named():
@@ -188,6 +188,6 @@ def test_a_run_length_comes_from_steps_epochs_or_the_default():
 def test_the_dumped_recipe_reads_in_the_schemas_order():
     text = dump_recipe(validate_recipe({"name": "mine", "export": {"variants": ["int4"]}}))
     top = [line.split(":")[0] for line in text.splitlines() if line and not line.startswith(" ")]
-    assert top == ["name", "model", "data", "frames", "adapters", "train", "eval", "export"]
+    assert top == ["name", "task", "model", "data", "frames", "adapters", "train", "eval", "generation", "export"]
     assert text.startswith("name: mine\n")
     assert yaml.safe_load(text)["export"]["variants"] == ["int4"]
