@@ -6,6 +6,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -16,8 +17,10 @@ from export.parity import (
     ParityInputs, compare, gate_failures, latency_table, noise_agreement, onnx_outputs, torch_outputs,
 )
 from export.quantize import (
-    FP16_KEEP_FLOAT32, INT4_LEVEL_ORDER, STATIC_OP_TYPES, SUPPORTED, Int8Options, VariantOptions, make_variant, optimize_fp32,
+    FP16_KEEP_FLOAT32, STATIC_OP_TYPES, SUPPORTED, Int8Options, VariantOptions, make_variant, optimize_fp32,
+    quantize_int4_plan, variant_path,
 )
+from export.int4_search import candidates, layer_errors, matmul_weights, run_search, search_space
 from export.report import parity_markdown
 from export.validate import graph_report
 from export.tokenize import encode_texts, load_tokenizer
@@ -220,10 +223,6 @@ def calibration_feeds(inputs: ParityInputs, n: int, fp32: dict | None = None, th
 
 def variant_settings(variant: str, recipe, calibration: int, calibration_split: str = "train") -> list[dict]:
     """The settings to try for a variant, in order; only int4's `accuracy_level: auto` has more than one."""
-    if variant == "int4":
-        cfg = recipe.export.int4
-        levels = INT4_LEVEL_ORDER if cfg.accuracy_level == "auto" else (cfg.accuracy_level,)
-        return [{"block_size": cfg.block_size, "symmetric": cfg.symmetric, "accuracy_level": lv} for lv in levels]
     if variant == "int8-static":
         return [{"format": "QDQ", "calibration": "MinMax", "calibration_clips": calibration,
                  "calibration_split": calibration_split,
@@ -240,9 +239,6 @@ def build_one(tmp: Path, fp32: dict, variant: str, setting: dict, feeds: dict) -
     files = {}
     for kind in fp32:
         opts = VariantOptions(calibration=feeds.get(kind, []))
-        if variant == "int4":
-            opts.int4_block_size, opts.int4_symmetric = setting["block_size"], setting["symmetric"]
-            opts.int4_accuracy_level = setting["accuracy_level"]
         files[kind] = make_variant(fp32[kind], variant, opts).name
     files["sha256"] = {k: sha256(tmp / files[k]) for k in fp32}
     return files
@@ -266,9 +262,41 @@ def check_files(tmp: Path, files: dict, variant: str, refs: dict, inputs: Parity
             "passed": not failures, "failures": failures, "graphs": graphs, **result.pop("vs_trained"), **result}
 
 
+def build_int4(tmp: Path, fp32: dict, cand, feeds: dict) -> dict:
+    """One int4 try: every graph quantized by its plan in the candidate."""
+    files = {kind: quantize_int4_plan(fp32[kind], variant_path(fp32[kind], "int4"), cand.plans[kind],
+                                      feeds.get(kind, [])).name for kind in fp32}
+    files["sha256"] = {k: sha256(tmp / files[k]) for k in fp32}
+    return files
+
+
+def search_int4(tmp: Path, fp32: dict, refs: dict, inputs: ParityInputs, recipe, feeds) -> tuple:
+    """int4 by plan search (export/int4_search.py): the smallest plan tried that passes the gate;
+    every try goes to parity.json's `tried`. With none passing, the best one is kept (and fails)."""
+    cfg = recipe.export.int4
+    shapes = {kind: {n: w.shape for n, w in matmul_weights(onnx.load(str(p))).items()} for kind, p in fp32.items()}
+    space = search_space(cfg)
+    errors = ({kind: layer_errors(p, feeds.get(kind, [])[:8], recipe.export.threads) for kind, p in fp32.items()}
+              if max(space[3]) else {kind: dict.fromkeys(s, 0.0) for kind, s in shapes.items()})
+    cands = candidates(shapes, errors, space, cfg.symmetric)
+
+    def try_one(cand):
+        return check_files(tmp, build_int4(tmp, fp32, cand, feeds), "int4", refs, inputs, recipe)
+
+    best, result, tried = run_search(cands, try_one, cfg.max_tries)
+    files = build_int4(tmp, fp32, best, feeds)  # the files on disk are the last try's: write the kept plan's
+    setting = best.describe()
+    result["settings"], files["settings"] = setting, setting
+    result["tried"] = tried
+    result["matmul_error"] = {kind: dict(sorted(e.items(), key=lambda kv: -kv[1])) for kind, e in errors.items()}
+    return files, result
+
+
 def build_and_check(tmp: Path, fp32: dict, variant: str, refs: dict, inputs: ParityInputs, recipe, feeds,
                     calibration_split: str = "train") -> tuple:
     """Build the variant with each candidate setting until one passes its gate (or none is left)."""
+    if variant == "int4":
+        return search_int4(tmp, fp32, refs, inputs, recipe, feeds)
     tried = []
     for setting in variant_settings(variant, recipe, len(feeds["video"]), calibration_split):
         files = build_one(tmp, fp32, variant, setting, feeds)
@@ -284,7 +312,7 @@ def build_and_check(tmp: Path, fp32: dict, variant: str, refs: dict, inputs: Par
 
 def build_and_check_all(tmp: Path, fp32: dict, variants, refs, inputs, recipe, info, report) -> tuple[dict, dict]:
     calibration, split = inputs, "eval"
-    if "int8-static" in variants:
+    if "int8-static" in variants or "int4" in variants:  # int4's layer errors and GPTQ: training clips too
         calibration, split = calibration_inputs(recipe, info, inputs, report)
     feeds = calibration_feeds(calibration, recipe.export.calibration_clips, fp32 if "int8-static" in variants else None,
                               recipe.export.threads)

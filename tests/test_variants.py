@@ -177,10 +177,36 @@ def test_torchscript_text_export_matches_torch(merged, tmp_path):
     assert np.abs(emb - ref).max() < 1e-4 and (emb * ref).sum(1).min() >= 0.99999
 
 
-def test_bench_latency_reports_every_variant_against_torch():
+def write_mp4(path, frames: int = 12, height: int = 40, width: int = 48):
+    import av
+
+    rng = np.random.default_rng(5)
+    with av.open(str(path), "w") as box:
+        stream = box.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(frames):
+            img = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            box.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        box.mux(stream.encode())
+    return path
+
+
+def test_bench_latency_reports_every_variant_against_torch(tmp_path):
+    """Also --profile (per op type shares, the int8 GEMM roofline) and --video (its decode time added)."""
     from toolchain.bench.latency import bench_video, markdown
 
-    result = bench_video("tiny", 4, 32, 1, 2, ["int8", "int4"], "dynamo", False, Reporter(quiet=True))
+    video = write_mp4(tmp_path / "clip.mp4")
+    result = bench_video("tiny", 4, 32, 1, 2, ["int8", "int4"], "dynamo", False, Reporter(quiet=True),
+                         profile=True, video=video)
+    assert result["video"]["frames_decoded"] == 12 and result["video"]["decode_p50_ms"] > 0
+    for name in ("fp32", "int8", "int4"):
+        prof = result["variants"][name]["profile"]
+        assert abs(sum(v["share"] for v in prof["ops"].values()) - 1) < 1e-6 and prof["gemm_gop"] > 0, name
+        assert result["variants"][name]["with_decode_p50_ms"] > result["variants"][name]["p50_ms"]
+    assert "MatMulNBits" in result["variants"]["int4"]["profile"]["ops"]
+    assert result["variants"]["int8"]["profile"]["int8_gemm_gop"] > 0
+    roof = result["roofline"]
+    assert roof["peak_gops"] > 0 and 0 < roof["variants"]["int8"]["roofline_fraction"]
     rows = result["variants"]
     assert list(rows) == ["torch eager fp32", "fp32", "int8", "int4"]
     for name in ("fp32", "int8", "int4"):
@@ -190,3 +216,4 @@ def test_bench_latency_reports_every_variant_against_torch():
     assert rows["int4"]["size_mb"] < rows["fp32"]["size_mb"]
     table = markdown(result)
     assert "| int4 |" in table and "speedup vs torch eager fp32" in table
+    assert "ONNX Runtime profile" in table and "int8 GEMM roofline" in table and "decodes in" in table

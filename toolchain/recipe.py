@@ -281,10 +281,17 @@ DEFAULT_GATES = {
 class Int4Section(Section):
     """Weight-only MatMulNBits: blocks of `block_size` input channels share a scale (and a zero point)."""
 
-    block_size: int = Field(32, ge=16, le=256)
+    block_size: int = Field(32, ge=16, le=256)  # used when search is off
     symmetric: bool = True
-    # auto: the fastest level (4, int8 compute) if it passes the parity gate, else 1 (float32 compute)
+    # auto: level 4 (int8 compute, fastest on CPU) if it passes the parity gate, else 0 (float compute)
     accuracy_level: Literal["auto", 0, 1, 2, 3, 4] = "auto"
+    # search: try algorithms x blocks 16..128 x the most error-prone MatMuls kept at 8 bits (measured),
+    # smallest predicted file first, and keep the first plan that passes (export/int4_search.py).
+    # Off: the first algorithm at block_size, every MatMul at 4 bits.
+    search: bool = True
+    algorithms: list[Literal["rtn", "k_quant", "hqq", "gptq"]] = Field(
+        default_factory=lambda: ["rtn", "k_quant", "hqq", "gptq"], min_length=1)
+    max_tries: int = Field(24, ge=1)  # each try quantizes and checks every graph (a few seconds on the tiny model)
 
     @field_validator("block_size")
     @classmethod
