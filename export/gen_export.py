@@ -9,8 +9,8 @@ import onnx
 import torch
 from torch import nn
 
-from export.gen_graph import DecoderGraph, EmbeddingGraph, decoder_parts
-from export.gen_spec import DecoderShape, GraphSpec, decoder_spec, embedding_spec
+from export.gen_graph import DecoderGraph, EmbeddingGraph, VisionGraph, decoder_parts
+from export.gen_spec import DecoderShape, GraphSpec, decoder_spec, embedding_spec, vision_spec
 from export.onnx_export import export_onnx, set_metadata
 
 OPSET = 18
@@ -39,6 +39,8 @@ def example_inputs(spec: GraphSpec, fixed: dict | None = None) -> tuple[torch.Te
         elif t.name == "position_ids":
             past = sizes.get("past_sequence", 0)
             args.append(torch.arange(past, past + shape[1]).expand(shape).contiguous())
+        elif t.dtype == "uint8":
+            args.append(torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8))
         elif t.dtype == "int64":
             args.append(torch.randint(0, 8, shape, generator=gen))
         else:
@@ -132,4 +134,11 @@ def export_embedding(model: nn.Module, out_path: Path, token_id: int | None = No
     graph = EmbeddingGraph(model, token_id).eval()
     spec = embedding_spec(graph.embed.embedding_dim)
     export_graph(graph, spec, Path(out_path), {"vqtool.video_token_id": graph.token_id, **(metadata or {})}, exporter)
+    return spec
+
+
+def export_vision(model: nn.Module, out_path: Path, metadata: dict | None = None, exporter: str = "dynamo") -> GraphSpec:
+    """vision.onnx of a VideoLLM: raw uint8 frames -> its video tokens (flattened) and frame indices."""
+    spec = vision_spec(int(model.config.text_config.hidden_size), model.k)
+    export_graph(VisionGraph(model).eval(), spec, Path(out_path), metadata, exporter)
     return spec

@@ -81,3 +81,17 @@ class EmbeddingGraph(nn.Module):
 
     def forward(self, input_ids, image_features):
         return merge_features(self.embed(input_ids), input_ids, image_features, self.token_id)
+
+
+class VisionGraph(nn.Module):
+    """pixel_values uint8 [B, N, H, W, 3] -> (image_features float32 [B*T, D], frame_indices int64 [B, K]):
+    the model's own `encode_frames` (selector, fused preprocessing, tower with the temporal branch,
+    projector, pooling), its video tokens flattened in batch order as the embedding graph merges them."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        tokens, idx = self.model.encode_frames(pixel_values)
+        return tokens.flatten(0, 1).float(), idx

@@ -87,6 +87,17 @@ def embedding_spec(hidden: int) -> GraphSpec:
     )
 
 
+def vision_spec(hidden: int, k: int) -> GraphSpec:
+    """pixel_values uint8 [batch, num_frames, height, width, 3] -> image_features [num_tokens, hidden], frame_indices [batch, K]."""
+    return GraphSpec(
+        "vision",
+        (TensorSpec("pixel_values", "uint8", ("batch", "num_frames", "height", "width", 3)),),
+        (TensorSpec("image_features", "float32", ("num_image_tokens", hidden)),
+         TensorSpec("frame_indices", "int64", ("batch", k))),
+        {"batch": 2, "num_frames": max(k + 3, 12), "height": 48, "width": 64},
+    )
+
+
 def spec_json(spec: GraphSpec) -> dict:
     return asdict(spec)
 

@@ -33,6 +33,7 @@ def read_manifest(export_dir: Path) -> dict:
     if not isinstance(manifest, dict):
         raise VqtoolError(f"{path} must hold a JSON object; {REEXPORT}")
     check_format(path, manifest.get("format"))
+    check_retrieval(path, manifest)
     check_keys(path, manifest)
     return manifest
 
@@ -45,6 +46,15 @@ def check_format(path: Path, fmt) -> None:
             f"{path} has manifest format {fmt}, newer than this runtime reads (up to {MANIFEST_FORMAT}): "
             f"upgrade the runtime (pip install -U vqtool), or export again with this version of vqtool"
         )
+
+
+def check_retrieval(path: Path, manifest: dict) -> None:
+    """This runtime scores retrieval exports; a generative (video-llm) export is named, not misread."""
+    if manifest.get("kind") == "video-llm":
+        raise VqtoolError(
+            f"{path} is a video-llm export (vision/embedding/decoder graphs): this runtime scores retrieval "
+            "exports only. Generate text from it with export.generate.generate_text over its embedding and decoder "
+            "graphs; torch-free `vqtool infer --prompt` for video-llm exports is not built yet")
 
 
 def check_keys(path: Path, manifest: dict) -> None:

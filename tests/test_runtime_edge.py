@@ -233,3 +233,11 @@ def test_any_array_gives_a_valid_result_or_a_clean_error(rt, frames):
     assert np.all(np.isfinite(emb)) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
     assert idx.shape == (batch, TINY_K) and idx.dtype == np.int64
     assert idx.min() >= 0 and idx.max() < n
+
+
+def test_a_video_llm_export_is_named_not_misread(tiny_export, tmp_path):
+    out = copy_with_manifest(tiny_export, tmp_path, lambda m: m.update(kind="video-llm"))
+    with pytest.raises(VqtoolError) as exc:
+        VideoTextRuntime(out)
+    msg = str(exc.value)
+    assert "video-llm export" in msg and "retrieval" in msg and "generate_text" in msg

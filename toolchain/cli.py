@@ -104,12 +104,19 @@ def export_cmd(
 ):
     """Merge adapters, export ONNX (uint8 frames in), quantize and check parity of every variant."""
     require_train_extra()
+    from export.gen_pipeline import export_video_llm, is_video_llm_run
     from export.pipeline import export_run
 
     target = output_dir or Path("exports") / Path(run_dir).resolve().name
     chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
     runtimes = [r.strip().lower() for item in check_runtime for r in item.split(",") if r.strip()]
-    parity = export_run(Path(run_dir), target, force, chosen, reporter(), check_runtimes=runtimes)
+    if is_video_llm_run(Path(run_dir)):
+        if runtimes:
+            raise VqtoolError("--check-runtime works on retrieval exports only; a video-llm export is checked "
+                              "with ONNX Runtime (drop --check-runtime)")
+        parity = export_video_llm(Path(run_dir), target, force, chosen, reporter())
+    else:
+        parity = export_run(Path(run_dir), target, force, chosen, reporter(), check_runtimes=runtimes)
     typer.echo((target / "parity.md").read_text())
     typer.echo(f"export written to {target}")
     if not parity["passed"]:

@@ -301,8 +301,30 @@ class Int4Section(Section):
         return value
 
 
+class GenGateSection(Section):
+    """video-llm export, per decoder variant (fp32 must also generate PyTorch's tokens on every eval clip):
+    min_top1: teacher-forced top-1 agreement (%) with PyTorch's greedy tokens; max_metric_drop: points of
+    CIDEr-D (captioning) or QA accuracy (%) the variant may lose against PyTorch's own generations."""
+
+    min_top1: float | None = Field(None, ge=0, le=100)
+    max_metric_drop: float | None = Field(None, ge=0)
+
+
+DEFAULT_GEN_GATES = {
+    "fp32": {"min_top1": 100.0, "max_metric_drop": 0.0},
+    "fp16": {"min_top1": 99.0, "max_metric_drop": 2.0},
+    "int8": {"min_top1": 95.0, "max_metric_drop": 5.0},
+    "int4": {"min_top1": 90.0, "max_metric_drop": 10.0},
+}
+GenVariant = Literal["fp32", "fp16", "int8", "int4"]
+
+
 class ExportSection(Section):
     variants: list[Variant] = ["fp32", "int8"]
+    # video-llm: the vision graph's own variant (the decoder variants come from `variants`); its feature
+    # cosine vs PyTorch is gated with that variant's retrieval min_cosine
+    vision_variant: Literal["fp32", "fp16", "int8"] = "fp32"
+    gen_parity: dict[GenVariant, GenGateSection] = Field(default_factory=dict)
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     opset: int = Field(18, ge=17)
     int4: Int4Section = Int4Section()
@@ -315,6 +337,10 @@ class ExportSection(Section):
         """The recipe's thresholds for a variant; unset fields take the defaults."""
         given = self.parity.get(variant, GateSection()).model_dump(exclude_none=True)
         return GateSection(**{**DEFAULT_GATES[variant], **given})
+
+    def gen_gate(self, variant: str) -> GenGateSection:
+        given = self.gen_parity.get(variant, GenGateSection()).model_dump(exclude_none=True)
+        return GenGateSection(**{**DEFAULT_GEN_GATES[variant], **given})
 
 
 class Recipe(Section):
