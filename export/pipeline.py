@@ -280,11 +280,15 @@ def search_int4(tmp: Path, fp32: dict, refs: dict, inputs: ParityInputs, recipe,
               if max(space[3]) else {kind: dict.fromkeys(s, 0.0) for kind, s in shapes.items()})
     cands = candidates(shapes, errors, space, cfg.symmetric)
 
+    built = {}
+
     def try_one(cand):
-        return check_files(tmp, build_int4(tmp, fp32, cand, feeds), "int4", refs, inputs, recipe)
+        built["last"], built["files"] = cand, build_int4(tmp, fp32, cand, feeds)
+        return check_files(tmp, built["files"], "int4", refs, inputs, recipe)
 
     best, result, tried = run_search(cands, try_one, cfg.max_tries)
-    files = build_int4(tmp, fp32, best, feeds)  # the files on disk are the last try's: write the kept plan's
+    # the files on disk are the last try's: with none passing the kept (best) plan may be an earlier one
+    files = built["files"] if built["last"] is best else build_int4(tmp, fp32, best, feeds)
     setting = best.describe()
     result["settings"], files["settings"] = setting, setting
     result["tried"] = tried
