@@ -1,9 +1,8 @@
 """int4 by search: which MatMulNBits plan gives the smallest graph that still passes the parity gate.
 
-The candidates are every (algorithm, block size, number of MatMuls kept at 8 bits) the recipe
-allows, ordered by their predicted file size (smallest first; each tried at accuracy level 4, int8
-compute, then 0, float compute), so the first one that passes is the smallest passing plan among
-those tried. Which MatMuls stay at 8 bits is measured, not guessed: each constant-weight MatMul's
+A plan is (algorithm, block size, accuracy level, which MatMuls stay at 8 bits); `search` tries them
+in three stages (all-4-bit plans smallest file first, the other accuracy level, then the fewest 8-bit
+MatMuls that pass) and records every try. Which MatMuls stay at 8 bits is measured, not guessed: each constant-weight MatMul's
 output error under 4-bit round-to-nearest, on the activations the calibration feeds give it
 (`layer_errors`), ranked over all graphs of the export.
 """
@@ -11,16 +10,16 @@ output error under 4-bit round-to-nearest, on the activations the calibration fe
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from export.quantize import Int4Plan, constant_matmuls
+from export.sensitivity import most_sensitive
+from toolchain.errors import VqtoolError
 
 SEARCH_BLOCKS = (16, 32, 64, 128)
-INT8_COUNTS = (0, 1, 2, 3, 4, 6, 8, 12, 16)
 AUTO_LEVELS = (4, 0)  # int8 compute (fastest on CPU) first, then the float compute ORT picks by default
 
 
@@ -32,9 +31,11 @@ class Candidate:
     predicted_bytes: int
     int8_count: int
 
+    def first(self) -> Int4Plan:
+        return next(iter(self.plans.values()))
+
     def describe(self) -> dict:
-        first = next(iter(self.plans.values()))
-        return {**{k: v for k, v in first.describe().items() if k != "int8_matmuls"},
+        return {**{k: v for k, v in self.first().describe().items() if k != "int8_matmuls"},
                 "int8_matmuls": {kind: list(p.int8_nodes) for kind, p in self.plans.items() if p.int8_nodes},
                 "predicted_mb": round(self.predicted_bytes / 1e6, 4)}
 
@@ -44,42 +45,6 @@ def matmul_weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     inits = {i.name: i for i in proto.graph.initializer}
     nodes = {n.name: n for n in proto.graph.node}
     return {name: numpy_helper.to_array(inits[nodes[name].input[1]]) for name in constant_matmuls(proto)}
-
-
-def rtn4(weight: np.ndarray, block: int = 32) -> np.ndarray:
-    """Symmetric 4-bit round-to-nearest along K in blocks, dequantized (what int4's error looks like)."""
-    k, n = weight.shape
-    pad = (-k) % block
-    w = np.pad(weight, ((0, pad), (0, 0))).reshape(-1, block, n)
-    scale = np.abs(w).max(axis=1, keepdims=True) / 7.0
-    scale[scale == 0] = 1.0
-    return (np.clip(np.round(w / scale), -8, 7) * scale).reshape(-1, n)[:k]
-
-
-def layer_errors(path: Path, feeds: list[dict], threads: int = 1) -> dict[str, float]:
-    """Each constant MatMul's relative output error ||X (W - Q4(W))|| / ||X W|| on the feeds' activations."""
-    import onnxruntime as ort
-
-    proto = onnx.load(str(path))
-    weights = matmul_weights(proto)
-    nodes = {n.name: n for n in proto.graph.node}
-    taps = list(dict.fromkeys(nodes[name].input[0] for name in weights))
-    known = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.ValueInfoProto(name=t) for t in taps if t not in known)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    num = dict.fromkeys(weights, 0.0)
-    den = dict.fromkeys(weights, 0.0)
-    for feed in feeds:
-        acts = dict(zip(names, sess.run(None, feed)))
-        for name, w in weights.items():
-            x = acts[nodes[name].input[0]].reshape(-1, w.shape[0]).astype(np.float64)
-            num[name] += float(np.square(x @ (w - rtn4(w))).sum())
-            den[name] += float(np.square(x @ w).sum())
-    return {name: float(np.sqrt(num[name] / den[name])) if den[name] else 0.0 for name in weights}
 
 
 def matmul_bytes(shape: tuple[int, int], bits: int, block: int, zero_points: bool) -> int:
@@ -101,58 +66,119 @@ def predicted_bytes(shapes: dict[str, dict], plans: dict[str, Int4Plan]) -> int:
     return total
 
 
-def most_sensitive(errors: dict[str, dict[str, float]], count: int) -> dict[str, tuple[str, ...]]:
-    """The `count` MatMuls with the largest measured error over all graphs, grouped by graph kind."""
-    ranked = sorted(((e, kind, name) for kind, errs in errors.items() for name, e in errs.items()), reverse=True)
-    picked: dict[str, list[str]] = {kind: [] for kind in errors}
-    for _, kind, name in ranked[:count]:
-        picked[kind].append(name)
-    return {kind: tuple(names) for kind, names in picked.items()}
+def plan(shapes: dict[str, dict], errors: dict[str, dict[str, float]], algorithm: str, block: int, level: int,
+         count: int, symmetric: bool = True) -> Candidate:
+    """One candidate: every graph at (algorithm, block, level) with the `count` most sensitive MatMuls at 8 bits."""
+    keep = most_sensitive(errors, count)
+    base = Int4Plan(algorithm, block, symmetric, level)
+    plans = {kind: replace(base, int8_nodes=keep.get(kind, ())) for kind in shapes}
+    return Candidate(plans, predicted_bytes(shapes, plans), count)
 
 
-def candidates(shapes: dict[str, dict], errors: dict[str, dict[str, float]], space: tuple,
-               symmetric: bool = True) -> list[Candidate]:
-    """Every plan combination, smallest predicted file first; at equal size the recipe's order of
-    algorithms and levels decides (level 4 before 0)."""
-    algorithms, blocks, levels, int8_counts = space
-    total = sum(len(s) for s in shapes.values())
-    counts = sorted({min(c, total) for c in int8_counts})
-    out = []
-    for algorithm in algorithms:
-        for block in blocks:
-            for count in counts:
-                keep = most_sensitive(errors, count)
-                for level in levels:
-                    base = Int4Plan(algorithm, block, symmetric, level)
-                    plans = {kind: replace(base, int8_nodes=keep[kind]) for kind in shapes}
-                    out.append(Candidate(plans, predicted_bytes(shapes, plans), count))
+def grid(shapes: dict[str, dict], errors: dict, space: tuple, symmetric: bool = True) -> list[Candidate]:
+    """Stage one: every (algorithm, block) at the first level, all MatMuls at 4 bits, smallest predicted
+    file first (at equal size the recipe's order of algorithms decides)."""
+    algorithms, blocks, levels, _ = space
+    cands = [plan(shapes, errors, a, b, levels[0], 0, symmetric) for a in algorithms for b in blocks]
     order = {a: i for i, a in enumerate(algorithms)}
-    return sorted(out, key=lambda c: (c.predicted_bytes, order[next(iter(c.plans.values())).algorithm],
-                                      levels.index(next(iter(c.plans.values())).accuracy_level)))
+    return sorted(cands, key=lambda c: (c.predicted_bytes, order[c.first().algorithm]))
 
 
-def search_space(cfg) -> tuple[tuple, tuple, tuple, tuple]:
-    """(algorithms, blocks, levels, int8 counts) from the recipe's export.int4 section; without
-    `search` only the recipe's algorithm and block, every MatMul at 4 bits."""
+def search_space(cfg) -> tuple[tuple, tuple, tuple, bool]:
+    """(algorithms, blocks, levels, keep MatMuls at 8 bits?) from the recipe's export.int4 section;
+    without `search` only the recipe's first algorithm at its block, every MatMul at 4 bits."""
     algorithms = tuple(cfg.algorithms) if cfg.search else (cfg.algorithms[0],)
     blocks = SEARCH_BLOCKS if cfg.search else (cfg.block_size,)
     levels = AUTO_LEVELS if cfg.accuracy_level == "auto" else (cfg.accuracy_level,)
-    return algorithms, blocks, levels, INT8_COUNTS if cfg.search else (0,)
+    return algorithms, blocks, levels, bool(cfg.search)
 
 
-def run_search(cands: list[Candidate], try_one, max_tries: int) -> tuple[Candidate, dict, list[dict]]:
-    """Try candidates in order until one passes or `max_tries` ran; returns the passing one (or the
-    best failing one: the highest worst cosine), its result, and every try."""
-    tried, best = [], None
-    for cand in cands[:max_tries]:
-        result = try_one(cand)
-        tried.append({**cand.describe(), "size_mb": result["size_mb"], "min_cosine": worst_cosine(result),
-                      "passed": result["passed"], "failures": result["failures"]})
-        if best is None or result["passed"] or worst_cosine(result) > worst_cosine(best[1]):
-            best = (cand, result)
+class Tries:
+    """Every try in order, the best one so far (a pass, else the highest worst cosine), and the budget."""
+
+    def __init__(self, try_one, max_tries: int):
+        self.try_one, self.left, self.tried, self.best = try_one, max_tries, [], None
+
+    def run(self, cand: Candidate, stage: str) -> dict | None:
+        """The try's result, or None if the quantizer could not build the plan (recorded as a failed try)."""
+        self.left -= 1
+        try:
+            result = self.try_one(cand)
+        except Exception as exc:  # noqa: BLE001 - a quantizer that cannot make this plan is a failed try, not the end
+            self.tried.append({**cand.describe(), "stage": stage, "passed": False,
+                               "error": f"{type(exc).__name__}: {exc}"[:300]})
+            return None
+        self.tried.append({**cand.describe(), "stage": stage, "size_mb": result["size_mb"],
+                           "min_cosine": worst_cosine(result), "passed": result["passed"], "failures": result["failures"]})
+        if self.better(result):
+            self.best = (cand, result)
+        return result
+
+    def better(self, result: dict) -> bool:
+        """A pass beats a failure, a smaller pass beats a larger one, a closer failure a worse one."""
+        if self.best is None:
+            return True
+        kept = self.best[1]
         if result["passed"]:
+            return not kept["passed"] or result["size_mb"] < kept["size_mb"]
+        return not kept["passed"] and worst_cosine(result) > worst_cosine(kept)
+
+    def done(self) -> bool:
+        return self.left <= 0 or (self.best is not None and self.best[1]["passed"])
+
+
+def search(shapes: dict[str, dict], errors: dict[str, dict[str, float]], space: tuple, try_one, max_tries: int,
+           symmetric: bool = True) -> tuple[Candidate, dict, list[dict]]:
+    """The smallest plan found that passes: (kept candidate, its result, every try).
+
+    1. grid: every (algorithm, block) with all MatMuls at 4 bits, smallest predicted file first; the
+       first pass ends the search (it is the smallest all-4-bit file).
+    2. level: the best (highest worst cosine) of those at each other accuracy level.
+    3. keep8: on the best (algorithm, block, level), the most sensitive MatMuls at 8 bits, their count
+       doubled from 1 until a plan passes, then bisected down to the fewest that pass (more 8-bit
+       MatMuls are assumed never to hurt). Fewest kept is the smallest file of that plan.
+    With none passing in `max_tries`, the best try is kept (and fails the gate).
+    """
+    tries = Tries(try_one, max_tries)
+    for cand in grid(shapes, errors, space, symmetric):
+        if tries.done():
             break
-    return best[0], best[1], tried
+        tries.run(cand, "grid")
+    if tries.best is None:
+        errors_seen = "; ".join(f"{t['algorithm']} block {t['block_size']}: {t['error']}" for t in tries.tried[:3])
+        raise VqtoolError(f"int4: no plan could be built ({len(tries.tried)} tried: {errors_seen}); set "
+                          "export.int4.algorithms to [rtn] or leave int4 out of export.variants")
+    algorithms, blocks, levels, keep8 = space
+    top = tries.best[0].first()
+    for level in levels[1:]:
+        if not tries.done():
+            tries.run(plan(shapes, errors, top.algorithm, top.block_size, level, 0, symmetric), "level")
+    if keep8 and not tries.done():
+        top = tries.best[0].first()
+        fewest_passing(lambda n: plan(shapes, errors, top.algorithm, top.block_size, top.accuracy_level, n, symmetric),
+                       sum(len(s) for s in shapes.values()), tries)
+    return tries.best[0], tries.best[1], tries.tried
+
+
+def fewest_passing(make, total: int, tries: Tries) -> None:
+    """Doubling then bisection over the number of MatMuls at 8 bits (1..total); the smallest passing
+    file ends up as tries.best (fewer MatMuls at 8 bits: a smaller file)."""
+    low, high, n = 0, None, 1
+    while high is None and tries.left > 0:
+        result = tries.run(make(n), "keep8")
+        if result is not None and result["passed"]:
+            high = n
+        elif n >= total:
+            return
+        else:
+            low, n = n, min(2 * n, total)
+    while high is not None and high - low > 1 and tries.left > 0:
+        mid = (low + high) // 2
+        result = tries.run(make(mid), "keep8")
+        if result is not None and result["passed"]:
+            high = mid
+        else:
+            low = mid
 
 
 def worst_cosine(result: dict) -> float:

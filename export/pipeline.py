@@ -20,7 +20,8 @@ from export.quantize import (
     FP16_KEEP_FLOAT32, STATIC_OP_TYPES, SUPPORTED, Int8Options, VariantOptions, make_variant, optimize_fp32,
     quantize_int4_plan, variant_path,
 )
-from export.int4_search import candidates, layer_errors, matmul_weights, run_search, search_space
+from export.int4_search import matmul_weights, search, search_space
+from export.sensitivity import layer_errors
 from export.report import parity_markdown
 from export.validate import graph_report
 from export.tokenize import encode_texts, load_tokenizer
@@ -225,7 +226,7 @@ def variant_settings(variant: str, recipe, calibration: int, calibration_split: 
     """The settings to try for a variant, in order; only int4's `accuracy_level: auto` has more than one."""
     if variant == "int8-static":
         return [{"format": "QDQ", "calibration": "MinMax", "calibration_clips": calibration,
-                 "calibration_split": calibration_split,
+                 "calibration_split": calibration_split, "outputs_quantized": False,
                  "activations": "int8 symmetric", "op_types": list(STATIC_OP_TYPES), "per_channel": True}]
     if variant == "int8":
         opt = Int8Options()
@@ -277,8 +278,7 @@ def search_int4(tmp: Path, fp32: dict, refs: dict, inputs: ParityInputs, recipe,
     shapes = {kind: {n: w.shape for n, w in matmul_weights(onnx.load(str(p))).items()} for kind, p in fp32.items()}
     space = search_space(cfg)
     errors = ({kind: layer_errors(p, feeds.get(kind, [])[:8], recipe.export.threads) for kind, p in fp32.items()}
-              if max(space[3]) else {kind: dict.fromkeys(s, 0.0) for kind, s in shapes.items()})
-    cands = candidates(shapes, errors, space, cfg.symmetric)
+              if space[3] else {kind: dict.fromkeys(s, 0.0) for kind, s in shapes.items()})
 
     built = {}
 
@@ -286,7 +286,7 @@ def search_int4(tmp: Path, fp32: dict, refs: dict, inputs: ParityInputs, recipe,
         built["last"], built["files"] = cand, build_int4(tmp, fp32, cand, feeds)
         return check_files(tmp, built["files"], "int4", refs, inputs, recipe)
 
-    best, result, tried = run_search(cands, try_one, cfg.max_tries)
+    best, result, tried = search(shapes, errors, space, try_one, cfg.max_tries, cfg.symmetric)
     # the files on disk are the last try's: with none passing the kept (best) plan may be an earlier one
     files = built["files"] if built["last"] is best else build_int4(tmp, fp32, best, feeds)
     setting = best.describe()

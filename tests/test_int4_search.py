@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.int4_search import (
-    Candidate, candidates, layer_errors, matmul_bytes, matmul_weights, predicted_bytes, run_search, search_space,
-)
+from export.int4_search import grid, matmul_bytes, matmul_weights, plan, predicted_bytes, search, search_space
+from export.sensitivity import layer_errors
 from export.quantize import INT4_ALGORITHMS, Int4Plan, quantize_int4_plan
+from toolchain.errors import VqtoolError
 from toolchain.recipe import validate_recipe
 
 
@@ -66,34 +66,76 @@ def test_predicted_bytes_follow_the_written_files(two_matmuls, tmp_path):
     assert matmul_bytes((64, 128), 4, 32, False) == 64 * 128 // 2 + 2 * 128 * 4
 
 
-def test_candidates_go_smallest_first_level_4_before_0(two_matmuls):
+def test_grid_goes_smallest_first_and_the_measured_worst_layer_is_kept_first(two_matmuls):
     path, feeds = two_matmuls
     shapes = {"g": {n: w.shape for n, w in matmul_weights(onnx.load(str(path))).items()}}
+    errors = {"g": layer_errors(path, feeds)}
     space = search_space(validate_recipe({}).export.int4)
-    cands = candidates(shapes, {"g": layer_errors(path, feeds)}, space)
+    cands = grid(shapes, errors, space)
     sizes = [c.predicted_bytes for c in cands]
-    assert sizes == sorted(sizes) and len(cands) == 4 * 4 * 3 * 2  # algorithms x blocks x {0, 1, 2} kept x levels
+    assert sizes == sorted(sizes) and len(cands) == 4 * 4  # algorithms x blocks, all at 4 bits, level 4
     first = cands[0].plans["g"]
     # K = 64 pads a 128 block to twice its data, so block 64 is the smallest file here (the prediction knows)
     assert (first.block_size, first.int8_nodes, first.accuracy_level) == (64, (), 4)
-    assert cands[1].plans["g"].accuracy_level == 0
-    one_kept = next(c for c in cands if c.int8_count == 1)
+    one_kept = plan(shapes, errors, "rtn", 32, 4, 1)
     assert one_kept.plans["g"].int8_nodes == ("mm1",), "the measured worst layer is the one kept"
+    assert one_kept.predicted_bytes > plan(shapes, errors, "rtn", 32, 4, 0).predicted_bytes
     fixed = validate_recipe({"export": {"int4": {"search": False, "accuracy_level": 1, "block_size": 64}}}).export.int4
-    only = candidates(shapes, {"g": {}}, search_space(fixed))
+    only = grid(shapes, {"g": {}}, search_space(fixed))
     assert [(c.plans["g"].block_size, c.plans["g"].accuracy_level, c.int8_count) for c in only] == [(64, 1, 0)]
 
 
-def test_search_keeps_the_first_pass_and_records_every_try():
-    cands = [Candidate({"g": Int4Plan("rtn", b)}, b, 0) for b in (1, 2, 3, 4)]
-    cos = {1: 0.95, 2: 0.97, 3: 0.99, 4: 0.999}
+def fake_tries(threshold: float = 0.98, fails: tuple = ()):
+    """A model of int4 error: rtn at block 32 is the best plan, level 0 adds 0.001, each 8-bit MatMul 0.002."""
+    shapes = {"video": {f"v{i}": (64, 64) for i in range(8)}, "text": {f"t{i}": (64, 64) for i in range(4)}}
+    errors = {kind: {n: 1.0 / (1 + int(n[1:]) + 10 * (kind == "text")) for n in names} for kind, names in shapes.items()}
 
     def try_one(c):
-        c4 = cos[c.predicted_bytes]
-        return {"size_mb": c.predicted_bytes, "passed": c4 >= 0.98, "failures": [] if c4 >= 0.98 else ["low"],
-                "video": {"min_cosine": c4}, "text": {"min_cosine": 1.0}}
+        p = c.first()
+        if p.algorithm in fails:
+            raise ValueError("cannot reshape array of size 32 into shape (64,newaxis)")
+        cos = (0.97 if (p.algorithm, p.block_size) == ("rtn", 32) else 0.96) + 0.001 * (p.accuracy_level == 0)
+        cos += 0.002 * c.int8_count
+        return {"size_mb": c.predicted_bytes / 1e6, "passed": cos >= threshold, "failures": [] if cos >= threshold else ["low"],
+                "video": {"min_cosine": cos}, "text": {"min_cosine": 1.0}}
 
-    best, result, tried = run_search(cands, try_one, 10)
-    assert best is cands[2] and result["passed"] and [t["passed"] for t in tried] == [False, False, True]
-    best, result, tried = run_search(cands, try_one, 2)  # bounded: nothing passes in two tries
-    assert best is cands[1] and not result["passed"] and len(tried) == 2 and tried[1]["min_cosine"] == 0.97
+    return shapes, errors, try_one
+
+
+def test_search_finds_the_fewest_8_bit_matmuls_that_pass_on_the_best_plan():
+    shapes, errors, try_one = fake_tries()
+    space = search_space(validate_recipe({}).export.int4)
+    best, result, tried = search(shapes, errors, space, try_one, 40)
+    stages = [t["stage"] for t in tried]
+    assert stages == ["grid"] * 16 + ["level"] + ["keep8"] * (len(stages) - 17)
+    p = best.first()
+    assert result["passed"] and (p.algorithm, p.block_size, p.accuracy_level, best.int8_count) == ("rtn", 32, 0, 5)
+    counts = [sum(len(v) for v in t["int8_matmuls"].values()) for t in tried if t["stage"] == "keep8"]
+    assert counts == [1, 2, 4, 8, 6, 5], "doubling to the first pass, then bisection down"
+    assert set(best.plans["video"].int8_nodes) == {"v0", "v1", "v2", "v3", "v4"}, "the largest measured errors"
+    assert {k: tried[-1][k] for k in best.describe()} == best.describe() and tried[-1]["passed"]
+
+
+def test_search_stops_at_the_first_all_4_bit_pass_and_keeps_the_best_failure_when_bounded():
+    shapes, errors, try_one = fake_tries(threshold=0.965)
+    space = search_space(validate_recipe({}).export.int4)
+    best, result, tried = search(shapes, errors, space, try_one, 40)
+    assert result["passed"] and tried[-1]["passed"] and not any(t["passed"] for t in tried[:-1])
+    assert (best.first().algorithm, best.first().block_size, best.int8_count) == ("rtn", 32, 0)
+    shapes, errors, try_one = fake_tries(threshold=0.999)
+    best, result, tried = search(shapes, errors, space, try_one, 20)
+    assert len(tried) == 20 and not result["passed"]
+    assert result["video"]["min_cosine"] == max(t["min_cosine"] for t in tried), "the closest failure is kept"
+
+
+def test_a_plan_the_quantizer_cannot_build_is_a_failed_try_and_the_search_goes_on():
+    """ORT's k_quant path raises on an odd number of blocks along K; that plan is recorded, not fatal."""
+    shapes, errors, try_one = fake_tries(fails=("k_quant",))
+    space = search_space(validate_recipe({}).export.int4)
+    best, result, tried = search(shapes, errors, space, try_one, 40)
+    broken = [t for t in tried if t["algorithm"] == "k_quant"]
+    assert len(broken) == 4 and all(not t["passed"] and "cannot reshape" in t["error"] for t in broken)
+    assert result["passed"] and best.first().algorithm == "rtn"
+    only_kquant = (("k_quant",), *space[1:])
+    with pytest.raises(VqtoolError, match="no plan could be built.*export.int4.algorithms"):
+        search(shapes, errors, only_kquant, try_one, 40)

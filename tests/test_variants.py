@@ -62,6 +62,18 @@ def test_int8_static_calibrates_on_training_clips_not_the_parity_set(all_variant
     assert "MinMax calibration on 12 train clips" in (out / "parity.md").read_text()
 
 
+def test_int8_static_quantizes_weight_layer_inputs_but_not_their_outputs(all_variants):
+    """A second int8 rounding of each MatMul output took the shipped default's text graph to cosine 0.968."""
+    out, parity = all_variants
+    for name in ("video_encoder.int8-static.onnx", "text_encoder.int8-static.onnx"):
+        graph = onnx.load(str(out / name)).graph
+        producer = {o: n.op_type for n in graph.node for o in n.output}
+        fed = [producer.get(n.input[0]) for n in graph.node if n.op_type == "QuantizeLinear"]
+        assert fed, f"{name}: no activation is quantized"
+        assert not {"MatMul", "Gemm", "Conv"} & set(fed), f"{name}: a weight layer's output is quantized"
+    assert parity["variants"]["int8-static"]["settings"]["outputs_quantized"] is False
+
+
 def test_calibration_clips_are_spread_over_the_split_and_fall_back_to_eval(merged, tiny_recipe):
     from toolchain.data.clips import group_by_video
     from toolchain.data.formats import read_split

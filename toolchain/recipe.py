@@ -285,13 +285,13 @@ class Int4Section(Section):
     symmetric: bool = True
     # auto: level 4 (int8 compute, fastest on CPU) if it passes the parity gate, else 0 (float compute)
     accuracy_level: Literal["auto", 0, 1, 2, 3, 4] = "auto"
-    # search: try algorithms x blocks 16..128 x the most error-prone MatMuls kept at 8 bits (measured),
-    # smallest predicted file first, and keep the first plan that passes (export/int4_search.py).
-    # Off: the first algorithm at block_size, every MatMul at 4 bits.
+    # search: algorithms x blocks 16..128 all at 4 bits (smallest file first), the other level, then the
+    # fewest most error-prone MatMuls (measured) kept at 8 bits that pass; the smallest passing file is
+    # kept (export/int4_search.py). Off: the first algorithm at block_size, every MatMul at 4 bits.
     search: bool = True
     algorithms: list[Literal["rtn", "k_quant", "hqq", "gptq"]] = Field(
         default_factory=lambda: ["rtn", "k_quant", "hqq", "gptq"], min_length=1)
-    max_tries: int = Field(24, ge=1)  # each try quantizes and checks every graph (a few seconds on the tiny model)
+    max_tries: int = Field(32, ge=1)  # each try quantizes and checks every graph (a few seconds on the tiny model)
 
     @field_validator("block_size")
     @classmethod
