@@ -32,9 +32,10 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cpu_graph(tiny):
+    """Every cpu rewrite, skip_layernorm (off by default, slower on ORT's CPU provider) included."""
     model, fp32 = tiny
     out = fp32.with_name("video_encoder.cpu.onnx")
-    return out, apply_target(fp32, out, "cpu", model.image_size)
+    return out, apply_target(fp32, out, "cpu", model.image_size, ("attention", "skip_layernorm", "patch_matmul"))
 
 
 def op_counts(path) -> Counter:
@@ -100,6 +101,13 @@ def test_a_wrong_image_size_leaves_the_patch_conv_alone(tiny, tmp_path):
     model, fp32 = tiny
     counts = apply_target(fp32, tmp_path / "x.onnx", "cpu", 2 * model.image_size, ("patch_matmul",))
     assert counts == {"attention": 0, "skip_layernorm": 0, "patch_matmul": 0}
+
+
+def test_the_cpu_target_leaves_skip_layernorm_off_unless_asked(tiny, tmp_path):
+    model, fp32 = tiny
+    counts = apply_target(fp32, tmp_path / "x.onnx", "cpu", model.image_size)
+    assert counts["skip_layernorm"] == 0 < counts["attention"] and counts["patch_matmul"] == 1
+    assert op_counts(tmp_path / "x.onnx")["SkipLayerNormalization"] == 0
 
 
 def test_fusions_can_be_applied_one_at_a_time(tiny, tmp_path, monkeypatch):
