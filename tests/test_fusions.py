@@ -4,6 +4,7 @@ nothing, that Softmax which is not attention is left alone, and `bench latency -
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -15,7 +16,6 @@ from onnx import TensorProto, helper, numpy_helper
 from export import fusions
 from export.quantize import quantize_int8_dynamic
 from export.targets import apply_target
-from toolchain.progress import Reporter
 
 K = 4
 
@@ -200,16 +200,20 @@ def test_a_softmax_classifier_head_is_left_unfused():
 
 # --- bench latency --target cpu ----------------------------------------------------------------
 
-def test_bench_latency_times_portable_and_cpu_target_side_by_side():
-    from toolchain.bench.latency import bench_video, markdown
-
-    result = bench_video("tiny", K, 32, 1, 2, ["int8"], "dynamo", False, Reporter(quiet=True), target="cpu")
+def test_cli_bench_latency_times_portable_and_cpu_target_side_by_side(run_cli, tmp_path):
+    bad = run_cli("bench", "latency", "--arch", "tiny", "--target", "gpu")
+    assert bad.returncode == 2 and "--target 'gpu' not known; choose portable or cpu" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    proc = run_cli("bench", "latency", "--arch", "tiny", "--frames", K, "--size", 32, "--threads", 1, "--runs", 2,
+                   "--variants", "int8", "--target", "cpu", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "latency.json").read_text())
     rows = result["variants"]
     assert list(rows) == ["torch eager fp32", "fp32", "int8", "fp32 (cpu target)", "int8 (cpu target)"]
-    assert result["fusions"]["cpu target"]["attention"] > 0 and result["target"] == "cpu"
+    assert result["target"] == "cpu" and result["fusions"]["cpu target"]["attention"] > 0
     for name in ("fp32 (cpu target)", "int8 (cpu target)"):
         assert rows[name]["p50_ms"] > 0 and rows[name]["speedup_vs_torch"] > 0
     assert rows["fp32 (cpu target)"]["min_cosine_vs_torch"] > 0.9999
     assert rows["int8 (cpu target)"]["min_cosine_vs_torch"] > 0.99
-    table = markdown(result)
+    table = (tmp_path / "latency.md").read_text()
     assert "| int8 (cpu target) |" in table and "cpu target: the fp32 graph rewritten" in table
