@@ -25,9 +25,10 @@ CPU_FUSIONS: dict[str, Callable[[onnx.ModelProto, int], int]] = {
     "skip_layernorm": lambda model, image_size: fuse_skip_layernorm(model),
     "patch_matmul": patch_conv_as_matmul,
 }
-# What the cpu target applies unless told otherwise. skip_layernorm is off: on CLIP ViT-B/32 (8 frames,
-# 224, 2 threads, ORT 1.32) each SkipLayerNormalization took 1.7-7.9 ms against 0.17 ms for the
-# LayerNormalization (+ Add) it replaced, int8 p50 514 vs 460 ms (`vqtool bench latency --target cpu`).
+# What the cpu target applies unless told otherwise (CLIP ViT-B/32, 8 frames at 224, 2 threads,
+# ORT 1.32, int8 p50 in one interleaved run): attention + patch_matmul 0.85x the portable int8,
+# attention alone 0.91x, patch_matmul alone 0.94x; skip_layernorm is off, 1.03-1.12x: each
+# SkipLayerNormalization took 1.7-7.9 ms against 0.17 ms for the LayerNormalization (+ Add) it replaced.
 CPU_DEFAULT = ("attention", "patch_matmul")
 ONLY_ENV = "VQTOOL_CPU_FUSIONS"  # experiments: a comma list of CPU_FUSIONS names to apply instead
 
