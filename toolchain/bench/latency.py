@@ -68,13 +68,14 @@ def export_video(model, tmp: Path, exporter: str) -> Path:
 
 
 def build_variants(fp32: Path, variants: list[str], calibration: list[np.ndarray], int8_sweep: bool,
-                   report) -> dict[str, Path]:
+                   report, suffix: str = "") -> dict[str, Path]:
+    """Variant name (+ suffix) -> file, each made from `fp32`; `suffix` labels another target's graphs."""
     opts = VariantOptions(calibration=[{"frames": c[None]} for c in calibration])
     names = [v for v in variants if v != "fp32"]
-    files = {"fp32": fp32}
-    with report.task("building variants", len(names) + (len(INT8_SWEEP) if int8_sweep else 0)) as step:
+    files = {f"fp32{suffix}": fp32}
+    with report.task(f"building variants{suffix}", len(names) + (len(INT8_SWEEP) if int8_sweep else 0)) as step:
         for v in names:
-            files[v] = make_variant(fp32, v, opts)
+            files[f"{v}{suffix}"] = make_variant(fp32, v, opts)
             step(1, v)
         for i, (label, opt) in enumerate(INT8_SWEEP.items() if int8_sweep else []):
             files[label] = quantize_int8_dynamic(fp32, variant_path(fp32, f"int8-sweep{i}"), opt)
@@ -98,14 +99,36 @@ def video_clips(video: Path | None, frames: int, size: int) -> tuple[list[np.nda
 
 
 DECODE_MAX_FRAMES = 64  # the recipes' frames.decode_max_frames default: what an application decodes
+CPU_LABEL = "cpu target"
+
+
+def target_graphs(fp32: Path, target: str, image_size: int, fusion_sets: dict | None, report) -> dict:
+    """Label -> (fp32 graph rewritten for `target`, its fusion counts); none for portable.
+
+    `fusion_sets` (experiments): label -> the cpu rewrites to apply (None: the target's default), so
+    each rewrite's effect is timed on its own in the same interleaved run."""
+    from export.targets import apply_target, check_target
+
+    if check_target(target) == "portable":
+        return {}
+    graphs = {}
+    for i, (label, only) in enumerate((fusion_sets or {CPU_LABEL: None}).items()):
+        out = fp32.parent / f"target{i}" / fp32.name
+        out.parent.mkdir()
+        counts = apply_target(fp32, out, target, image_size, only)
+        report.say(f"{label}: rewrote " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+        graphs[label] = (out, counts)
+    return graphs
 
 
 def bench_video(arch: str, frames: int, size: int, threads: int, runs: int, variants: list[str],
                 exporter: str = "dynamo", int8_sweep: bool = False, report=None, profile: bool = False,
-                video: Path | None = None) -> dict:
+                video: Path | None = None, target: str = "portable", fusion_sets: dict | None = None) -> dict:
     """Per variant: p50/p95/mean ms, speedup vs torch eager fp32, min cosine vs torch, file size;
     with `profile`, ONNX Runtime's time per op type and the int8 GEMM roofline; with `video`, the
-    clip is that file's decoded frames (the graphs select `frames` of them) and decode time is added."""
+    clip is that file's decoded frames (the graphs select `frames` of them) and decode time is added;
+    with target "cpu", every variant is also made from the cpu-target graph ("int8 (cpu target)")
+    and timed beside the portable one."""
     from toolchain.models.archs import build_arch
 
     model = build_arch(arch, frames, "uniform")
@@ -116,7 +139,11 @@ def bench_video(arch: str, frames: int, size: int, threads: int, runs: int, vari
     with tempfile.TemporaryDirectory() as tmp:
         report.say(f"exporting {arch} video encoder ({exporter} exporter, then ORT basic optimisation)")
         fp32 = export_video(model, Path(tmp), exporter)
-        files = build_variants(fp32, ["fp32", *variants], smooth_clips(8, frames, size, seed=1), int8_sweep, report)
+        calibration = smooth_clips(8, frames, size, seed=1)
+        files = build_variants(fp32, ["fp32", *variants], calibration, int8_sweep, report)
+        targets = target_graphs(fp32, target, model.image_size, fusion_sets, report)
+        for label, (graph, _) in targets.items():
+            files |= build_variants(graph, ["fp32", *variants], calibration, False, report, f" ({label})")
         sessions = {name: session(path, threads) for name, path in files.items()}
         cosine = {name: min_cosine(ref, np.concatenate([s.run(None, {"frames": c[None]})[0] for c in clips]))
                   for name, s in sessions.items()}
@@ -146,7 +173,9 @@ def bench_video(arch: str, frames: int, size: int, threads: int, runs: int, vari
         for row in rows.values():
             row["with_decode_p50_ms"] = row["p50_ms"] + decode["decode_p50_ms"]
     result = {"arch": arch, "encoder": "video", "frames": frames, "size": size, "threads": threads, "runs": runs,
-              "exporter": exporter, "variants": rows, "load_average": list(os.getloadavg())}
+              "exporter": exporter, "target": target, "variants": rows, "load_average": list(os.getloadavg())}
+    if targets:
+        result["fusions"] = {label: counts for label, (_, counts) in targets.items()}
     if decode:
         result["video"] = decode
     if probe:
@@ -190,6 +219,9 @@ def markdown(result: dict) -> str:
         lines += ["", f"From a file: {d['file']} ({d['frames_decoded']} frames decoded at {d['width']}x{d['height']}) "
                   f"decodes in {d['decode_p50_ms']:.1f} ms (p50 of 5); each graph then selects {r['frames']} of them. "
                   "p50 with decode: " + ", ".join(f"{n} {v['with_decode_p50_ms']:.1f} ms" for n, v in r["variants"].items())]
+    for label, counts in r.get("fusions", {}).items():
+        lines += ["", f"{label}: the fp32 graph rewritten before quantization ("
+                  + ", ".join(f"{n} {c}" for n, c in counts.items()) + ")."]
     lines.append(f"\nLoad average while measuring (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in r['load_average'])}"
                  if "load_average" in r else "")
     return "\n".join(lines) + "\n" + profile_markdown(r)
