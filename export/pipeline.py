@@ -23,6 +23,7 @@ from export.quantize import (
 from export.int4_search import matmul_weights, search, search_space
 from export.sensitivity import layer_errors
 from export.report import parity_markdown
+from export.targets import apply_target, check_target
 from export.validate import graph_report
 from export.tokenize import encode_texts, load_tokenizer
 from toolchain import rundir
@@ -95,7 +96,7 @@ def manifest(recipe, info, run_dir: Path, files: dict, dim: int, temporal: dict 
         "name": recipe.name,
         "source": {"run_dir": str(Path(run_dir).resolve()), "base": recipe.model.name_or_path,
                    "family": recipe.model.family, "pooling": recipe.model.pooling,
-                   "exporter": recipe.export.exporter, "opset": recipe.export.opset,
+                   "exporter": recipe.export.exporter, "target": recipe.export.target, "opset": recipe.export.opset,
                    "quantization": recipe.adapters.quantization,
                    "adapter_sha256": sha256(Path(run_dir) / "adapter" / "adapter_model.safetensors")},
         "frames": recipe.frames.model_dump(),
@@ -135,18 +136,23 @@ def check_variants(variants: list[str]) -> list[str]:
 
 
 def export_run(run_dir: Path, out_dir: Path, force: bool, variants: list[str] | None, report,
-               check_runtimes: list[str] = ()) -> dict:
+               check_runtimes: list[str] = (), graph_target: str | None = None) -> dict:
     """Build the export dir atomically; returns the parity report (its `passed` decides the exit code).
 
     check_runtimes: second runtimes (e.g. "openvino") that run every variant on the parity clips and
     are compared with ONNX Runtime's outputs (parity.json "runtimes"; a failure fails the gate).
+    graph_target: portable or cpu instead of the recipe's export.target.
     """
+    if graph_target is not None:
+        check_target(graph_target)
     for name in check_runtimes:
         require_runtime(name)  # before any model loads
     rundir.check_target(out_dir, force)
     if variants:
         check_variants(variants)
     trained, merged, recipe, info = merged_model(run_dir)
+    if graph_target is not None:
+        recipe = recipe.model_copy(update={"export": recipe.export.model_copy(update={"target": graph_target})})
     variants = check_variants(variants or list(recipe.export.variants))
     temporal = temporal_summary(recipe, info, merged)
     if temporal:
@@ -189,6 +195,10 @@ def write_fp32_graphs(tmp: Path, merged, recipe, info, report) -> tuple[dict[str
     for path in raw.values():
         if path is not None:
             path.unlink()
+    if recipe.export.target != "portable":
+        fused = apply_target(graphs["video"], graphs["video"], recipe.export.target, info.image_size)
+        report.say(f"export target {recipe.export.target}: video encoder rewritten for ONNX Runtime's CPU provider "
+                   f"({', '.join(f'{k} {v}' for k, v in fused.items())})")
     shutil.copyfile(info.tokenizer, tmp / "tokenizer.json")
     return graphs, scoring
 

@@ -21,7 +21,9 @@ from toolchain.recipe import Variant
 SUPPORTED = get_args(Variant)  # one list: the recipe schema and the exporter agree by construction
 INT4_LEVEL_ORDER = (4, 1)  # auto: int8 compute (fastest on CPU) first, then float32 compute
 STATIC_OP_TYPES = ("MatMul", "Gemm", "Conv")
-FP16_KEEP_FLOAT32 = ["Resize"]  # ORT's CPU Resize has no float16 kernel; resizing is cheap anyway
+# ORT's CPU Resize has no float16 kernel (resizing is cheap anyway); MultiHeadAttention (the cpu export
+# target) has none either
+FP16_KEEP_FLOAT32 = ["Resize", "MultiHeadAttention"]
 
 
 @dataclass

@@ -16,6 +16,7 @@ import onnx
 
 from export.fusions import fuse_attention, fuse_skip_layernorm, patch_conv_as_matmul
 from export.quantize import atomic
+from toolchain.errors import VqtoolError
 
 TARGETS = ("portable", "cpu")
 
@@ -35,7 +36,7 @@ ONLY_ENV = "VQTOOL_CPU_FUSIONS"  # experiments: a comma list of CPU_FUSIONS name
 
 def check_target(target: str) -> str:
     if target not in TARGETS:
-        raise ValueError(f"export target {target!r} is not known; choose one of {', '.join(TARGETS)} (--target)")
+        raise VqtoolError(f"export target {target!r} is not known; choose one of {', '.join(TARGETS)} (--target)")
     return target
 
 
@@ -46,7 +47,7 @@ def cpu_fusions(only: tuple[str, ...] | None = None) -> tuple[str, ...]:
     chosen = CPU_DEFAULT if only is None else only
     bad = [n for n in chosen if n not in CPU_FUSIONS]
     if bad:
-        raise ValueError(f"cpu fusion(s) {', '.join(bad)} not known; choose from {', '.join(CPU_FUSIONS)} "
+        raise VqtoolError(f"cpu fusion(s) {', '.join(bad)} not known; choose from {', '.join(CPU_FUSIONS)} "
                          f"(${ONLY_ENV} or `only`)")
     return chosen
 

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from export import fusions
 from export.quantize import quantize_int8_dynamic
 from export.targets import apply_target
+from toolchain.errors import VqtoolError
 
 K = 4
 
@@ -92,7 +93,7 @@ def test_portable_target_leaves_the_graph_byte_identical(tiny, tmp_path):
 
 
 def test_an_unknown_target_names_the_choices(tiny, tmp_path):
-    with pytest.raises(ValueError, match="portable, cpu"):
+    with pytest.raises(VqtoolError, match="portable, cpu"):
         apply_target(tiny[1], tmp_path / "x.onnx", "gpu", 32)
 
 
@@ -117,7 +118,7 @@ def test_fusions_can_be_applied_one_at_a_time(tiny, tmp_path, monkeypatch):
     assert counts["attention"] == counts["patch_matmul"] == 0 < counts["skip_layernorm"]
     assert op_counts(tmp_path / "x.onnx")["Softmax"] > 0
     monkeypatch.setenv("VQTOOL_CPU_FUSIONS", "attention,flash")
-    with pytest.raises(ValueError, match="flash.*VQTOOL_CPU_FUSIONS"):
+    with pytest.raises(VqtoolError, match="flash.*VQTOOL_CPU_FUSIONS"):
         apply_target(fp32, tmp_path / "x.onnx", "cpu", model.image_size)
 
 
@@ -217,3 +218,35 @@ def test_cli_bench_latency_times_portable_and_cpu_target_side_by_side(run_cli, t
     assert rows["int8 (cpu target)"]["min_cosine_vs_torch"] > 0.99
     table = (tmp_path / "latency.md").read_text()
     assert "| int8 (cpu target) |" in table and "cpu target: the fp32 graph rewritten" in table
+
+
+@pytest.mark.slow
+def test_export_with_the_cpu_target_passes_parity_and_loads_in_the_runtime(tiny_run, tiny_export, tmp_path):
+    """`vqtool export --target cpu`: the video encoder fused, every variant gated, the graph check
+    accepting the target's ops (and only for a graph that says it is a cpu-target one)."""
+    from export.pipeline import export_run
+    from export.runtime import VideoTextRuntime
+    from export.validate import check_graph
+    from toolchain.progress import Reporter
+
+    out = tmp_path / "cpu"
+    parity = export_run(tiny_run, out, False, ["fp32", "fp16", "int8", "int4"], Reporter(quiet=True), graph_target="cpu")
+    assert parity["passed"], parity.get("failures")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["target"] == "cpu"
+    portable = Counter(n.op_type for n in onnx.load(str(tiny_export / "video_encoder.onnx")).graph.node)
+    assert portable["Softmax"] >= 1 and portable["MultiHeadAttention"] == 0
+    for name in ("video_encoder.onnx", "video_encoder.int8.onnx", "video_encoder.int4.onnx", "video_encoder.fp16.onnx"):
+        ops = Counter(n.op_type for n in onnx.load(str(out / name)).graph.node)
+        assert ops["MultiHeadAttention"] == portable["Softmax"] and ops["Softmax"] == 0, name  # every layer's
+        assert ops["Conv"] < portable["Conv"], f"{name}: the patch Conv is an im2col MatMul"
+    assert "MultiHeadAttention" not in {n.op_type for n in onnx.load(str(out / "text_encoder.onnx")).graph.node}
+    assert all(not v["graphs"][k]["problems"] for v in parity["variants"].values() for k in v["graphs"])
+    stripped = onnx.load(str(out / "video_encoder.int8.onnx"))
+    del stripped.metadata_props[:]
+    onnx.save(stripped, str(tmp_path / "unmarked.onnx"))
+    assert any("MultiHeadAttention" in p for p in check_graph(tmp_path / "unmarked.onnx", "int8"))
+    clip = np.random.default_rng(1).integers(0, 256, (7, 36, 44, 3), dtype=np.uint8)
+    ref, _ = VideoTextRuntime(out, "fp32", threads=1).encode_video(clip)
+    emb, _ = VideoTextRuntime(out, "int8", threads=1).encode_video(clip)
+    assert float((emb * ref).sum()) > 0.99

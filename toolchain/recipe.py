@@ -326,6 +326,10 @@ class ExportSection(Section):
     vision_variant: Literal["fp32", "fp16", "int8"] = "fp32"
     gen_parity: dict[GenVariant, GenGateSection] = Field(default_factory=dict)
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    # portable: standard ONNX ops (CPU, CUDA, TensorRT, OpenVINO load them); cpu: the video encoder's
+    # attention as com.microsoft MultiHeadAttention and its patch Conv as an im2col MatMul, for ONNX
+    # Runtime's CPU provider only (export/targets.py; int8 0.92x the portable one on ViT-B/32)
+    target: Literal["portable", "cpu"] = "portable"
     opset: int = Field(18, ge=17)
     int4: Int4Section = Int4Section()
     calibration_clips: int = Field(16, ge=1)
