@@ -97,7 +97,7 @@ class Tries:
     """Every try in order, the best one so far (a pass, else the highest worst cosine), and the budget."""
 
     def __init__(self, try_one, max_tries: int):
-        self.try_one, self.left, self.tried, self.best = try_one, max_tries, [], None
+        self.try_one, self.left, self.tried, self.best, self.failures = try_one, max_tries, [], None, []
 
     def run(self, cand: Candidate, stage: str) -> dict | None:
         """The try's result, or None if the quantizer could not build the plan (recorded as a failed try)."""
@@ -112,7 +112,15 @@ class Tries:
                            "min_cosine": worst_cosine(result), "passed": result["passed"], "failures": result["failures"]})
         if self.better(result):
             self.best = (cand, result)
+        if not result["passed"]:
+            self.failures.append((worst_cosine(result), cand))
         return result
+
+    def closest_failure(self, below: int | None) -> Candidate | None:
+        """The failed plan with the highest worst cosine whose predicted file is under `below` bytes."""
+        fits = [(cos, -c.predicted_bytes, -i, c) for i, (cos, c) in enumerate(self.failures)
+                if below is None or c.predicted_bytes < below]
+        return max(fits)[3] if fits else None
 
     def better(self, result: dict) -> bool:
         """A pass beats a failure, a smaller pass beats a larger one, a closer failure a worse one."""
@@ -131,13 +139,14 @@ def search(shapes: dict[str, dict], errors: dict[str, dict[str, float]], space: 
            symmetric: bool = True) -> tuple[Candidate, dict, list[dict]]:
     """The smallest plan found that passes: (kept candidate, its result, every try).
 
-    1. grid: every (algorithm, block) with all MatMuls at 4 bits, smallest predicted file first; the
-       first pass ends the search (it is the smallest all-4-bit file).
-    2. level: the best (highest worst cosine) of those at each other accuracy level.
-    3. keep8: on the best (algorithm, block, level), the most sensitive MatMuls at 8 bits, their count
-       doubled from 1 until a plan passes, then bisected down to the fewest that pass (more 8-bit
-       MatMuls are assumed never to hurt). Fewest kept is the smallest file of that plan.
-    With none passing in `max_tries`, the best try is kept (and fails the gate).
+    1. grid: every (algorithm, block) with all MatMuls at 4 bits, smallest predicted file first, until
+       one passes (the smallest all-4-bit file that does).
+    2. level: with none passing, the best (highest worst cosine) of those at each other accuracy level.
+    3. keep8: on the closest failing plan that is smaller than the pass (if any), the most sensitive
+       MatMuls at 8 bits, their count doubled from 1 until a plan passes or would be no smaller than
+       the pass, then bisected down to the fewest that pass (more 8-bit MatMuls are assumed never
+       to hurt). The smallest passing file of all tries is kept.
+    With none passing in `max_tries`, the closest try is kept (and fails the gate).
     """
     tries = Tries(try_one, max_tries)
     for cand in grid(shapes, errors, space, symmetric):
@@ -153,19 +162,24 @@ def search(shapes: dict[str, dict], errors: dict[str, dict[str, float]], space: 
     for level in levels[1:]:
         if not tries.done():
             tries.run(plan(shapes, errors, top.algorithm, top.block_size, level, 0, symmetric), "level")
-    if keep8 and not tries.done():
-        top = tries.best[0].first()
-        fewest_passing(lambda n: plan(shapes, errors, top.algorithm, top.block_size, top.accuracy_level, n, symmetric),
-                       sum(len(s) for s in shapes.values()), tries)
+    limit = tries.best[0].predicted_bytes if tries.best[1]["passed"] else None
+    base = tries.closest_failure(limit)
+    if keep8 and base is not None and tries.left > 0:
+        p = base.first()
+        fewest_passing(lambda n: plan(shapes, errors, p.algorithm, p.block_size, p.accuracy_level, n, symmetric),
+                       sum(len(s) for s in shapes.values()), tries, limit)
     return tries.best[0], tries.best[1], tries.tried
 
 
-def fewest_passing(make, total: int, tries: Tries) -> None:
-    """Doubling then bisection over the number of MatMuls at 8 bits (1..total); the smallest passing
-    file ends up as tries.best (fewer MatMuls at 8 bits: a smaller file)."""
+def fewest_passing(make, total: int, tries: Tries, limit: int | None = None) -> None:
+    """Doubling then bisection over the number of MatMuls at 8 bits (1..total), never trying a plan
+    whose predicted file is `limit` bytes or more (a pass already that small exists)."""
     low, high, n = 0, None, 1
     while high is None and tries.left > 0:
-        result = tries.run(make(n), "keep8")
+        cand = make(n)
+        if limit is not None and cand.predicted_bytes >= limit:
+            return
+        result = tries.run(cand, "keep8")
         if result is not None and result["passed"]:
             high = n
         elif n >= total:

@@ -87,7 +87,7 @@ def test_grid_goes_smallest_first_and_the_measured_worst_layer_is_kept_first(two
 
 def fake_tries(threshold: float = 0.98, fails: tuple = ()):
     """A model of int4 error: rtn at block 32 is the best plan, level 0 adds 0.001, each 8-bit MatMul 0.002."""
-    shapes = {"video": {f"v{i}": (64, 64) for i in range(8)}, "text": {f"t{i}": (64, 64) for i in range(4)}}
+    shapes = {"video": {f"v{i}": (64, 64) for i in range(40)}, "text": {f"t{i}": (64, 64) for i in range(8)}}
     errors = {kind: {n: 1.0 / (1 + int(n[1:]) + 10 * (kind == "text")) for n in names} for kind, names in shapes.items()}
 
     def try_one(c):
@@ -116,13 +116,22 @@ def test_search_finds_the_fewest_8_bit_matmuls_that_pass_on_the_best_plan():
     assert {k: tried[-1][k] for k in best.describe()} == best.describe() and tried[-1]["passed"]
 
 
-def test_search_stops_at_the_first_all_4_bit_pass_and_keeps_the_best_failure_when_bounded():
+def test_search_after_an_all_4_bit_pass_tries_only_smaller_plans_and_keeps_the_smallest_pass():
     shapes, errors, try_one = fake_tries(threshold=0.965)
     space = search_space(validate_recipe({}).export.int4)
     best, result, tried = search(shapes, errors, space, try_one, 40)
-    assert result["passed"] and tried[-1]["passed"] and not any(t["passed"] for t in tried[:-1])
-    assert (best.first().algorithm, best.first().block_size, best.int8_count) == ("rtn", 32, 0)
+    first_pass = next(t for t in tried if t["passed"])
+    assert (first_pass["stage"], first_pass["algorithm"], first_pass["block_size"]) == ("grid", "rtn", 32)
+    later = tried[tried.index(first_pass) + 1:]
+    assert later and all(t["stage"] == "keep8" and t["predicted_mb"] < first_pass["predicted_mb"] for t in later)
+    passed = [t for t in tried if t["passed"]]
+    assert result["passed"] and result["size_mb"] == min(t["size_mb"] for t in passed), "the smallest pass is kept"
+    assert best.int8_count > 0 and best.predicted_bytes < first_pass["predicted_mb"] * 1e6
+
+
+def test_a_bounded_search_with_no_pass_keeps_the_closest_failure():
     shapes, errors, try_one = fake_tries(threshold=0.999)
+    space = search_space(validate_recipe({}).export.int4)
     best, result, tried = search(shapes, errors, space, try_one, 20)
     assert len(tried) == 20 and not result["passed"]
     assert result["video"]["min_cosine"] == max(t["min_cosine"] for t in tried), "the closest failure is kept"

@@ -224,7 +224,7 @@ def test_bench_latency_reports_every_variant_against_torch(tmp_path):
     assert "MatMulNBits" in result["variants"]["int4"]["profile"]["ops"]
     assert result["variants"]["int8"]["profile"]["int8_gemm_gop"] > 0
     roof = result["roofline"]
-    assert roof["peak_gops"] > 0 and 0 < roof["variants"]["int8"]["roofline_fraction"]
+    assert roof["peak_gops"] > 0 and 0 < roof["variants"]["int8"]["roofline_fraction"] and roof["int8_graph_gemm_gops"] > 0
     rows = result["variants"]
     assert list(rows) == ["torch eager fp32", "fp32", "int8", "int4"]
     for name in ("fp32", "int8", "int4"):
