@@ -6,6 +6,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -16,9 +17,13 @@ from export.parity import (
     ParityInputs, compare, gate_failures, latency_table, noise_agreement, onnx_outputs, torch_outputs,
 )
 from export.quantize import (
-    FP16_KEEP_FLOAT32, INT4_LEVEL_ORDER, STATIC_OP_TYPES, SUPPORTED, Int8Options, VariantOptions, make_variant, optimize_fp32,
+    FP16_KEEP_FLOAT32, STATIC_OP_TYPES, SUPPORTED, Int8Options, VariantOptions, make_variant, optimize_fp32,
+    quantize_int4_plan, variant_path,
 )
+from export.int4_search import matmul_weights, search, search_space
+from export.sensitivity import layer_errors
 from export.report import parity_markdown
+from export.targets import apply_target, check_target
 from export.validate import graph_report
 from export.tokenize import encode_texts, load_tokenizer
 from toolchain import rundir
@@ -91,7 +96,7 @@ def manifest(recipe, info, run_dir: Path, files: dict, dim: int, temporal: dict 
         "name": recipe.name,
         "source": {"run_dir": str(Path(run_dir).resolve()), "base": recipe.model.name_or_path,
                    "family": recipe.model.family, "pooling": recipe.model.pooling,
-                   "exporter": recipe.export.exporter, "opset": recipe.export.opset,
+                   "exporter": recipe.export.exporter, "target": recipe.export.target, "opset": recipe.export.opset,
                    "quantization": recipe.adapters.quantization,
                    "adapter_sha256": sha256(Path(run_dir) / "adapter" / "adapter_model.safetensors")},
         "frames": recipe.frames.model_dump(),
@@ -131,18 +136,23 @@ def check_variants(variants: list[str]) -> list[str]:
 
 
 def export_run(run_dir: Path, out_dir: Path, force: bool, variants: list[str] | None, report,
-               check_runtimes: list[str] = ()) -> dict:
+               check_runtimes: list[str] = (), graph_target: str | None = None) -> dict:
     """Build the export dir atomically; returns the parity report (its `passed` decides the exit code).
 
     check_runtimes: second runtimes (e.g. "openvino") that run every variant on the parity clips and
     are compared with ONNX Runtime's outputs (parity.json "runtimes"; a failure fails the gate).
+    graph_target: portable or cpu instead of the recipe's export.target.
     """
+    if graph_target is not None:
+        check_target(graph_target)
     for name in check_runtimes:
         require_runtime(name)  # before any model loads
     rundir.check_target(out_dir, force)
     if variants:
         check_variants(variants)
     trained, merged, recipe, info = merged_model(run_dir)
+    if graph_target is not None:
+        recipe = recipe.model_copy(update={"export": recipe.export.model_copy(update={"target": graph_target})})
     variants = check_variants(variants or list(recipe.export.variants))
     temporal = temporal_summary(recipe, info, merged)
     if temporal:
@@ -185,6 +195,10 @@ def write_fp32_graphs(tmp: Path, merged, recipe, info, report) -> tuple[dict[str
     for path in raw.values():
         if path is not None:
             path.unlink()
+    if recipe.export.target != "portable":
+        fused = apply_target(graphs["video"], graphs["video"], recipe.export.target, info.image_size)
+        report.say(f"export target {recipe.export.target}: video encoder rewritten for ONNX Runtime's CPU provider "
+                   f"({', '.join(f'{k} {v}' for k, v in fused.items())})")
     shutil.copyfile(info.tokenizer, tmp / "tokenizer.json")
     return graphs, scoring
 
@@ -220,13 +234,9 @@ def calibration_feeds(inputs: ParityInputs, n: int, fp32: dict | None = None, th
 
 def variant_settings(variant: str, recipe, calibration: int, calibration_split: str = "train") -> list[dict]:
     """The settings to try for a variant, in order; only int4's `accuracy_level: auto` has more than one."""
-    if variant == "int4":
-        cfg = recipe.export.int4
-        levels = INT4_LEVEL_ORDER if cfg.accuracy_level == "auto" else (cfg.accuracy_level,)
-        return [{"block_size": cfg.block_size, "symmetric": cfg.symmetric, "accuracy_level": lv} for lv in levels]
     if variant == "int8-static":
         return [{"format": "QDQ", "calibration": "MinMax", "calibration_clips": calibration,
-                 "calibration_split": calibration_split,
+                 "calibration_split": calibration_split, "outputs_quantized": False,
                  "activations": "int8 symmetric", "op_types": list(STATIC_OP_TYPES), "per_channel": True}]
     if variant == "int8":
         opt = Int8Options()
@@ -240,9 +250,6 @@ def build_one(tmp: Path, fp32: dict, variant: str, setting: dict, feeds: dict) -
     files = {}
     for kind in fp32:
         opts = VariantOptions(calibration=feeds.get(kind, []))
-        if variant == "int4":
-            opts.int4_block_size, opts.int4_symmetric = setting["block_size"], setting["symmetric"]
-            opts.int4_accuracy_level = setting["accuracy_level"]
         files[kind] = make_variant(fp32[kind], variant, opts).name
     files["sha256"] = {k: sha256(tmp / files[k]) for k in fp32}
     return files
@@ -266,9 +273,44 @@ def check_files(tmp: Path, files: dict, variant: str, refs: dict, inputs: Parity
             "passed": not failures, "failures": failures, "graphs": graphs, **result.pop("vs_trained"), **result}
 
 
+def build_int4(tmp: Path, fp32: dict, cand, feeds: dict) -> dict:
+    """One int4 try: every graph quantized by its plan in the candidate."""
+    files = {kind: quantize_int4_plan(fp32[kind], variant_path(fp32[kind], "int4"), cand.plans[kind],
+                                      feeds.get(kind, [])).name for kind in fp32}
+    files["sha256"] = {k: sha256(tmp / files[k]) for k in fp32}
+    return files
+
+
+def search_int4(tmp: Path, fp32: dict, refs: dict, inputs: ParityInputs, recipe, feeds) -> tuple:
+    """int4 by plan search (export/int4_search.py): the smallest plan tried that passes the gate;
+    every try goes to parity.json's `tried`. With none passing, the best one is kept (and fails)."""
+    cfg = recipe.export.int4
+    shapes = {kind: {n: w.shape for n, w in matmul_weights(onnx.load(str(p))).items()} for kind, p in fp32.items()}
+    space = search_space(cfg)
+    errors = ({kind: layer_errors(p, feeds.get(kind, [])[:8], recipe.export.threads) for kind, p in fp32.items()}
+              if space[3] else {kind: dict.fromkeys(s, 0.0) for kind, s in shapes.items()})
+
+    built = {}
+
+    def try_one(cand):
+        built["last"], built["files"] = cand, build_int4(tmp, fp32, cand, feeds)
+        return check_files(tmp, built["files"], "int4", refs, inputs, recipe)
+
+    best, result, tried = search(shapes, errors, space, try_one, cfg.max_tries, cfg.symmetric)
+    # the files on disk are the last try's: with none passing the kept (best) plan may be an earlier one
+    files = built["files"] if built["last"] is best else build_int4(tmp, fp32, best, feeds)
+    setting = best.describe()
+    result["settings"], files["settings"] = setting, setting
+    result["tried"] = tried
+    result["matmul_error"] = {kind: dict(sorted(e.items(), key=lambda kv: -kv[1])) for kind, e in errors.items()}
+    return files, result
+
+
 def build_and_check(tmp: Path, fp32: dict, variant: str, refs: dict, inputs: ParityInputs, recipe, feeds,
                     calibration_split: str = "train") -> tuple:
     """Build the variant with each candidate setting until one passes its gate (or none is left)."""
+    if variant == "int4":
+        return search_int4(tmp, fp32, refs, inputs, recipe, feeds)
     tried = []
     for setting in variant_settings(variant, recipe, len(feeds["video"]), calibration_split):
         files = build_one(tmp, fp32, variant, setting, feeds)
@@ -284,7 +326,7 @@ def build_and_check(tmp: Path, fp32: dict, variant: str, refs: dict, inputs: Par
 
 def build_and_check_all(tmp: Path, fp32: dict, variants, refs, inputs, recipe, info, report) -> tuple[dict, dict]:
     calibration, split = inputs, "eval"
-    if "int8-static" in variants:
+    if "int8-static" in variants or "int4" in variants:  # int4's layer errors and GPTQ: training clips too
         calibration, split = calibration_inputs(recipe, info, inputs, report)
     feeds = calibration_feeds(calibration, recipe.export.calibration_clips, fp32 if "int8-static" in variants else None,
                               recipe.export.threads)

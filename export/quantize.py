@@ -21,7 +21,9 @@ from toolchain.recipe import Variant
 SUPPORTED = get_args(Variant)  # one list: the recipe schema and the exporter agree by construction
 INT4_LEVEL_ORDER = (4, 1)  # auto: int8 compute (fastest on CPU) first, then float32 compute
 STATIC_OP_TYPES = ("MatMul", "Gemm", "Conv")
-FP16_KEEP_FLOAT32 = ["Resize"]  # ORT's CPU Resize has no float16 kernel; resizing is cheap anyway
+# ORT's CPU Resize has no float16 kernel (resizing is cheap anyway); MultiHeadAttention (the cpu export
+# target) has none either
+FP16_KEEP_FLOAT32 = ["Resize", "MultiHeadAttention"]
 
 
 @dataclass
@@ -139,6 +141,10 @@ def quantize_int8_static(src: Path, dst: Path, calibration: list[dict]) -> Path:
     quantized: the selector's integer arithmetic and the float preprocessing stay as they are.
     Symmetric int8 activations: on the tiny model, asymmetric uint8 ranges from 16 clips gave min
     cosine 0.948 on the 48 eval clips (clips outside the calibrated range clip), symmetric int8 0.999.
+    Only their inputs are quantized, not their outputs: ORT's default also rounds each MatMul's output
+    to int8 (a second rounding before the bias add), which on the shipped default's text graph took
+    the embeddings to min cosine 0.968 against 0.9997 without it (the attention Q/K/V projections'
+    outputs span about +-20, so one int8 step is 0.16 there).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -150,7 +156,8 @@ def quantize_int8_static(src: Path, dst: Path, calibration: list[dict]) -> Path:
             str(preprocessed(src, out.parent)), str(out), FeedReader(calibration), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(STATIC_OP_TYPES), per_channel=True, activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True},
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
+                           "OpTypesToExcludeOutputQuantization": list(STATIC_OP_TYPES)},
         )
         copy_metadata(src, out)
 
@@ -158,14 +165,115 @@ def quantize_int8_static(src: Path, dst: Path, calibration: list[dict]) -> Path:
 
 
 def quantize_int4(src: Path, dst: Path, block_size: int, symmetric: bool, accuracy_level: int) -> Path:
-    """Weight-only 4-bit MatMulNBits (com.microsoft), blocks of `block_size` input channels."""
+    """Weight-only 4-bit MatMulNBits (com.microsoft), blocks of `block_size` input channels, ORT's RTN."""
+    return quantize_int4_plan(src, dst, Int4Plan("rtn", block_size, symmetric, accuracy_level))
+
+
+INT4_ALGORITHMS = ("rtn", "hqq", "gptq", "k_quant")  # what MatMulNBitsQuantizer offers on CPU
+
+
+@dataclass(frozen=True)
+class Int4Plan:
+    """One way to make an int4 graph: algorithm, block, compute level, and the MatMuls kept at 8 bits.
+
+    rtn: ORT's blockwise round-to-nearest; hqq: half-quadratic (asymmetric, float zero points); gptq:
+    second-order error correction calibrated on `calibration` feeds; k_quant: llama.cpp's k-quant
+    scale search. int8_nodes: MatMul node names quantized to 8-bit MatMulNBits instead (the most
+    sensitive ones, see export/int4_search.py).
+    """
+
+    algorithm: str = "rtn"
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4
+    int8_nodes: tuple[str, ...] = ()
+
+    def describe(self) -> dict:
+        return {"algorithm": self.algorithm, "block_size": self.block_size, "symmetric": self.symmetric_for_file(),
+                "accuracy_level": self.accuracy_level, "int8_matmuls": list(self.int8_nodes)}
+
+    def symmetric_for_file(self) -> bool:
+        return self.symmetric and self.algorithm != "hqq"  # HQQ always writes zero points
+
+
+def int4_config(plan: Int4Plan, calibration: list[dict]):
+    """The MatMulNBitsQuantizer algorithm config for a plan (None: ORT's default RTN)."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as q
+
+    if plan.algorithm == "hqq":
+        return q.HQQWeightOnlyQuantConfig(block_size=plan.block_size, bits=4)
+    if plan.algorithm == "k_quant":
+        return q.KQuantWeightOnlyQuantConfig()
+    if plan.algorithm not in INT4_ALGORITHMS:
+        raise VqtoolError(f"int4 algorithm {plan.algorithm!r} is not known; choose from {', '.join(INT4_ALGORITHMS)}")
+    return None
+
+
+def constant_matmuls(proto: onnx.ModelProto) -> list[str]:
+    """Names of the MatMul nodes with a constant 2-D weight (what MatMulNBits can replace)."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    return [n.name for n in proto.graph.node
+            if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
+
+
+def quantize_nbits(proto: onnx.ModelProto, plan: Int4Plan, calibration: list[dict]) -> onnx.ModelProto:
+    """4-bit MatMulNBits by the plan's algorithm, then its int8_nodes at 8 bits (ORT's RTN), in memory."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    def write(out: Path) -> None:
-        quant = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=block_size, is_symmetric=symmetric,
-                                     accuracy_level=accuracy_level or None)
+    keep8 = [n for n in plan.int8_nodes if n]
+    level = plan.accuracy_level or None
+    if plan.algorithm == "gptq":
+        proto = quantize_gptq(proto, plan, calibration, keep8)
+    else:
+        quant = MatMulNBitsQuantizer(proto, bits=4, block_size=plan.block_size, is_symmetric=plan.symmetric,
+                                     accuracy_level=level, nodes_to_exclude=keep8,
+                                     algo_config=int4_config(plan, calibration))
         quant.process()
-        quant.model.save_model_to_file(str(out), use_external_data_format=False)
+        proto = quant.model.model
+    if keep8:
+        others = [n for n in constant_matmuls(proto) if n not in keep8]
+        quant = MatMulNBitsQuantizer(proto, bits=8, block_size=plan.block_size, is_symmetric=plan.symmetric,
+                                     accuracy_level=level, nodes_to_exclude=others)
+        quant.process()
+        proto = quant.model.model
+    set_accuracy_level(proto, plan.accuracy_level)
+    return proto
+
+
+def quantize_gptq(proto: onnx.ModelProto, plan: Int4Plan, calibration: list[dict], keep: list[str]) -> onnx.ModelProto:
+    """GPTQ through the same INC code MatMulNBitsQuantizer calls, with `keep` left float (its own
+    nodes_to_exclude is ignored on the GPTQ path); the Hessians come from the calibration feeds."""
+    from onnxruntime.quantization.neural_compressor import gptq_quantize
+
+    if not calibration:
+        raise VqtoolError("int4 algorithm gptq needs calibration feeds (export.calibration_clips training clips)")
+    scheme = "sym" if plan.symmetric else "asym"
+    config = {n: {"bits": 4, "group_size": plan.block_size, "scheme": scheme} for n in constant_matmuls(proto)}
+    config |= {n: "fp32" for n in keep}
+    model = gptq_quantize(proto, ((feed, None) for feed in calibration), weight_config=config, num_bits=4,
+                          group_size=plan.block_size, scheme=scheme, n_samples=-1,
+                          accuracy_level=plan.accuracy_level)
+    return model.model
+
+
+def set_accuracy_level(proto: onnx.ModelProto, level: int) -> None:
+    """Every MatMulNBits at `level` (0: attribute left out, ORT's default); HQQ and INC's paths ignore the knob."""
+    for node in proto.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        kept = [a for a in node.attribute if a.name != "accuracy_level"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        if level:
+            node.attribute.append(onnx.helper.make_attribute("accuracy_level", level))
+
+
+def quantize_int4_plan(src: Path, dst: Path, plan: Int4Plan, calibration: list[dict] | None = None) -> Path:
+    """Weight-only int4 of `src` by one Int4Plan, written atomically to `dst`."""
+
+    def write(out: Path) -> None:
+        proto = quantize_nbits(onnx.load(str(src)), plan, calibration or [])
+        onnx.save(proto, str(out))
         copy_metadata(src, out)
 
     return atomic(dst, write)

@@ -65,17 +65,31 @@ def notes(report: dict) -> list[str]:
     out = scoring_note(report)
     for name, v in report["variants"].items():
         if name == "int4":
-            s = v["settings"]
-            tried = ", ".join(f"{t['accuracy_level']} ({'pass' if t['passed'] else 'fail'})" for t in v.get("tried", []))
-            out.append(f"- int4: MatMulNBits block {s['block_size']}, {'symmetric' if s['symmetric'] else 'asymmetric'}, "
-                       f"accuracy level {s['accuracy_level']}" + (f" (tried: {tried})" if tried else ""))
+            out.append(int4_note(v))
         if name == "int8-static":
             split = v["settings"].get("calibration_split", "eval")
             out.append(f"- int8-static: QDQ, MinMax calibration on {v['settings']['calibration_clips']} {split} clips "
-                       "(raw frames through the fused selector)")
+                       "(raw frames through the fused selector); MatMul/Gemm/Conv inputs quantized, outputs left float")
         if name == "fp16":
             out.append(f"- {FP16_NOTE}")
     return out
+
+
+def try_cosine(t: dict) -> str:
+    return format(t["min_cosine"], ".4f") if "min_cosine" in t else "quantizer error"
+
+
+def int4_note(v: dict) -> str:
+    """The kept int4 plan and how many plans the search tried (each one is in parity.json's `tried`)."""
+    s = v["settings"]
+    kept8 = sum(len(names) for names in s.get("int8_matmuls", {}).values())
+    tried = v.get("tried", [])
+    passed = [t for t in tried if t["passed"]]
+    search = (f"; {len(tried)} plan(s) tried smallest first, " + ("the first passing one kept" if passed else "none passed, the best kept")
+              + f" (worst cosines: {', '.join(try_cosine(t) for t in tried)})") if tried else ""
+    return (f"- int4: MatMulNBits {s.get('algorithm', 'rtn')}, block {s['block_size']}, "
+            f"{'symmetric' if s['symmetric'] else 'asymmetric'}, accuracy level {s['accuracy_level']}, "
+            f"{kept8} MatMul(s) at 8 bits" + search)
 
 
 def graph_notes(report: dict) -> list[str]:

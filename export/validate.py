@@ -16,6 +16,8 @@ import onnx
 DEFAULT_DOMAIN = ""  # ai.onnx; ONNX writes it as "" (and accepts "ai.onnx" for the same domain)
 # Nodes outside ai.onnx that a variant may hold: (domain, op type).
 ALLOWED_CUSTOM_OPS = {"int4": {("com.microsoft", "MatMulNBits")}}
+# a graph made for the `cpu` export target (metadata vqtool.target = cpu) may also hold these
+CPU_TARGET_OPS = {("com.microsoft", "MultiHeadAttention"), ("com.microsoft", "SkipLayerNormalization")}
 
 
 def domain_of(name: str) -> str:
@@ -63,14 +65,16 @@ def opset_imports(model: onnx.ModelProto) -> dict[str, int]:
 
 def custom_op_problems(model: onnx.ModelProto, variant: str) -> list[str]:
     allowed = ALLOWED_CUSTOM_OPS.get(variant, set())
+    cpu_target = any(p.key == "vqtool.target" and p.value == "cpu" for p in model.metadata_props)
+    allowed = allowed | CPU_TARGET_OPS if cpu_target else allowed
     found = {(domain_of(n.domain), n.op_type) for n in all_nodes(model) if domain_of(n.domain) != DEFAULT_DOMAIN}
     bad = sorted(found - allowed)
     if not bad:
         return []
     names = ", ".join(f"{d}.{op}" for d, op in bad)
     allow = ", ".join(f"{d}.{op}" for d, op in sorted(allowed)) or "none"
-    return [f"uses non-standard op(s) {names}; the portable contract allows only ai.onnx ops "
-            f"(for {variant}, also: {allow})"]
+    return [f"uses non-standard op(s) {names}; the {'cpu target' if cpu_target else 'portable contract'} allows "
+            f"only ai.onnx ops (for {variant}, also: {allow})"]
 
 
 def check_graph(path: Path, variant: str = "fp32") -> list[str]:

@@ -85,7 +85,7 @@ def test_an_unknown_nested_key_suggests_the_nearest_and_lists_that_sections_keys
         "adapters.ranks: strategy, budget, shares, min_rank, max_rank, calibration_batches"]
     assert problem_lines({"export": {"int4": {"blocksize": 64}}}) == [
         "unknown key 'export.int4.blocksize'; did you mean 'export.int4.block_size'? Valid keys in export.int4: "
-        "block_size, symmetric, accuracy_level"]
+        "block_size, symmetric, accuracy_level, search, algorithms, max_tries"]
 
 
 def test_a_key_near_two_names_suggests_only_the_nearest():

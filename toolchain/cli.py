@@ -101,6 +101,9 @@ def export_cmd(
     check_runtime: Annotated[list[str], typer.Option(
         "--check-runtime", help="Also run every variant with this runtime (openvino: OpenVINO CPU, needs "
         "pip install 'vqtool[openvino]') and compare with ONNX Runtime; repeatable. Results in parity.json/md.")] = [],
+    graph_target: Annotated[Optional[str], typer.Option(
+        "--target", help="portable (standard ONNX ops: any runtime, CUDA, TensorRT) or cpu (ONNX Runtime CPU "
+        "fusions: MultiHeadAttention, patch Conv as MatMul). Default: the recipe's export.target.")] = None,
 ):
     """Merge adapters, export ONNX (uint8 frames in), quantize and check parity of every variant."""
     require_train_extra()
@@ -111,12 +114,16 @@ def export_cmd(
     chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
     runtimes = [r.strip().lower() for item in check_runtime for r in item.split(",") if r.strip()]
     if is_video_llm_run(Path(run_dir)):
+        if graph_target not in (None, "portable"):
+            raise VqtoolError("--target cpu works on retrieval exports only (the video encoder's fusions); "
+                              "drop --target for a video-llm run")
         if runtimes:
             raise VqtoolError("--check-runtime works on retrieval exports only; a video-llm export is checked "
                               "with ONNX Runtime (drop --check-runtime)")
         parity = export_video_llm(Path(run_dir), target, force, chosen, reporter())
     else:
-        parity = export_run(Path(run_dir), target, force, chosen, reporter(), check_runtimes=runtimes)
+        parity = export_run(Path(run_dir), target, force, chosen, reporter(), check_runtimes=runtimes,
+                            graph_target=graph_target)
     typer.echo((target / "parity.md").read_text())
     typer.echo(f"export written to {target}")
     if not parity["passed"]:

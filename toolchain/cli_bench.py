@@ -129,21 +129,30 @@ def bench_latency(
     variants: Annotated[str, typer.Option(help="Comma list of export variants besides fp32.")] = "fp16,int8,int8-static,int4",
     exporter: Annotated[str, typer.Option(help="dynamo or torchscript.")] = "dynamo",
     int8_sweep: Annotated[bool, typer.Option(help="Also time dynamic-int8 alternatives (per-tensor, reduce_range, ...).")] = False,
+    profile: Annotated[bool, typer.Option("--profile", help="Also profile each graph (ONNX Runtime): time and share per op type, GEMM throughput, the int8 GEMM roofline.")] = False,
+    video: Annotated[Optional[Path], typer.Option(help="Time on this video FILE's decoded frames (the graphs select --frames of them) and add its decode time.")] = None,
+    target: Annotated[str, typer.Option(help="portable: the graphs as exported (standard ONNX ops). cpu: also time every variant made from the graph rewritten for ONNX Runtime's CPU provider (MultiHeadAttention, SkipLayerNormalization, patch Conv as MatMul), side by side, e.g. 'int8' and 'int8 (cpu target)'.")] = "portable",
     out: Annotated[Optional[Path], typer.Option(help="Also write latency.md and latency.json here (DIR).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
     """Video encoder latency of every export variant vs PyTorch eager fp32, with cosine and file size."""
     require_train_extra()
     from export.quantize import SUPPORTED
+    from export.targets import TARGETS
     from toolchain.bench.latency import bench_video, markdown
 
+    if target not in TARGETS:
+        raise VqtoolError(f"--target {target!r} not known; choose {' or '.join(TARGETS)}")
     chosen = [v for v in csv_list(variants) if v != "fp32"]
     bad = [v for v in chosen if v not in SUPPORTED]
     if bad:
         raise VqtoolError(f"--variants: {', '.join(bad)} not known; choose from {', '.join(SUPPORTED)}")
     if exporter not in ("dynamo", "torchscript"):
         raise VqtoolError(f"--exporter {exporter!r} not known; choose dynamo or torchscript")
-    result = bench_video(arch, frames, size, threads, runs, chosen, exporter, int8_sweep, reporter())
+    if video is not None and not video.is_file():
+        raise VqtoolError(f"--video {video}: no such file; give a video file (mp4, webm, ...)")
+    result = bench_video(arch, frames, size, threads, runs, chosen, exporter, int8_sweep, reporter(), profile, video,
+                         target)
     table = markdown(result)
     write_outputs(out, "latency", table, result)
     typer.echo(json.dumps(result) if as_json else table)

@@ -281,10 +281,17 @@ DEFAULT_GATES = {
 class Int4Section(Section):
     """Weight-only MatMulNBits: blocks of `block_size` input channels share a scale (and a zero point)."""
 
-    block_size: int = Field(32, ge=16, le=256)
+    block_size: int = Field(32, ge=16, le=256)  # used when search is off
     symmetric: bool = True
-    # auto: the fastest level (4, int8 compute) if it passes the parity gate, else 1 (float32 compute)
+    # auto: level 4 (int8 compute, fastest on CPU) if it passes the parity gate, else 0 (float compute)
     accuracy_level: Literal["auto", 0, 1, 2, 3, 4] = "auto"
+    # search: algorithms x blocks 16..128 all at 4 bits (smallest file first), the other level, then the
+    # fewest most error-prone MatMuls (measured) kept at 8 bits that pass; the smallest passing file is
+    # kept (export/int4_search.py). Off: the first algorithm at block_size, every MatMul at 4 bits.
+    search: bool = True
+    algorithms: list[Literal["rtn", "k_quant", "hqq", "gptq"]] = Field(
+        default_factory=lambda: ["rtn", "k_quant", "hqq", "gptq"], min_length=1)
+    max_tries: int = Field(32, ge=1)  # each try quantizes and checks every graph (a few seconds on the tiny model)
 
     @field_validator("block_size")
     @classmethod
@@ -319,6 +326,10 @@ class ExportSection(Section):
     vision_variant: Literal["fp32", "fp16", "int8"] = "fp32"
     gen_parity: dict[GenVariant, GenGateSection] = Field(default_factory=dict)
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    # portable: standard ONNX ops (CPU, CUDA, TensorRT, OpenVINO load them); cpu: the video encoder's
+    # attention as com.microsoft MultiHeadAttention and its patch Conv as an im2col MatMul, for ONNX
+    # Runtime's CPU provider only (export/targets.py; int8 0.92x the portable one on ViT-B/32)
+    target: Literal["portable", "cpu"] = "portable"
     opset: int = Field(18, ge=17)
     int4: Int4Section = Int4Section()
     calibration_clips: int = Field(16, ge=1)
