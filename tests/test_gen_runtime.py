@@ -122,3 +122,22 @@ def test_generation_runs_with_torch_unimportable(tiny_caption_export, tmp_path):
     assert proc.returncode == 0, proc.stderr
     count, torch_loaded = proc.stdout.split()
     assert int(count) >= 1 and torch_loaded == "False"
+
+
+@pytest.mark.slow
+def test_onnxruntime_genai_runs_the_exports_own_three_graphs(tiny_caption_export, shapes_data):
+    """The export's genai_config.json: genai's VLM type on vision.onnx (uint8 frames, the fused selector),
+    embedding.onnx and decoder.onnx gives the tokens of our numpy loop."""
+    pytest.importorskip("onnxruntime_genai")
+    from export.genai import genai_generate, load_genai
+
+    og = load_genai()
+    genai = og.Model(str(tiny_caption_export))
+    rt = VideoLLMRuntime(tiny_caption_export, "fp32", threads=1)
+    from toolchain.data.video import decode_video
+
+    for name in ("eval_0000.mp4", "eval_0003.mp4"):
+        frames = decode_video(shapes_data / "videos" / name, 64)
+        ours = rt.generate(frames)
+        inputs = {"pixel_values": frames[None], "num_image_tokens": np.array([rt.fmt.video_tokens], np.int64)}
+        assert genai_generate(genai, rt.prompt_ids(), rt.max_new_tokens, named_inputs=inputs) == ours["tokens"], name
