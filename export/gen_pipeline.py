@@ -73,10 +73,23 @@ def export_video_llm(run_dir: Path, out_dir: Path, force: bool, variants: list[s
         for row in parity["variants"].values():
             row.pop("tokens")
         copy_tokenizer(Path(info.tokenizer).parent, tmp)
+        write_genai_files(tmp, merged, fmt, recipe)
         rundir.write_json(tmp / "manifest.json", manifest(recipe, info, run_dir, fmt, specs, files))
         rundir.write_json(tmp / "parity.json", parity)
         rundir.write_text(tmp / "parity.md", parity_markdown(parity))
     return parity
+
+
+def write_genai_files(tmp: Path, merged, fmt, recipe) -> None:
+    """genai_config.json: onnxruntime-genai's three-graph VLM type over this export's fp32 graphs (its
+    decoder.onnx; uint8 frames go in as `pixel_values`, with `num_image_tokens` = the prompt's placeholders)."""
+    from export.gen_export import decoder_shape
+    from export.genai import genai_vlm_config, write_genai_config
+
+    heads = merged.hf.config.text_config.num_attention_heads
+    context = max(256, fmt.video_tokens + 4 * recipe.generation.max_new_tokens + 128)
+    write_genai_config(tmp, genai_vlm_config(decoder_shape(merged.hf), heads, [fmt.eos_token_id], fmt.eos_token_id,
+                                             fmt.pad_token_id, context, recipe.export.threads))
 
 
 def write_graphs(tmp: Path, merged, recipe, report) -> tuple[dict, Path]:

@@ -20,7 +20,16 @@ REEXPORT = "re-create it with: vqtool export RUN_DIR --force"
 
 
 def read_manifest(export_dir: Path) -> dict:
-    """manifest.json of an export dir, checked: readable, a format this runtime knows, the keys it uses."""
+    """manifest.json of a retrieval export dir, checked: readable, a format this runtime knows, the keys it uses."""
+    manifest = read_manifest_file(Path(export_dir))
+    path = Path(export_dir) / "manifest.json"
+    check_retrieval(path, manifest)
+    check_keys(path, manifest)
+    return manifest
+
+
+def read_manifest_file(export_dir: Path) -> dict:
+    """manifest.json of any export dir (retrieval or video-llm): there, valid JSON, a format this runtime knows."""
     path = Path(export_dir) / "manifest.json"
     if not Path(export_dir).is_dir():
         raise VqtoolError(f"export dir {export_dir} does not exist (no {path}); make one with: vqtool export RUN_DIR")
@@ -33,8 +42,6 @@ def read_manifest(export_dir: Path) -> dict:
     if not isinstance(manifest, dict):
         raise VqtoolError(f"{path} must hold a JSON object; {REEXPORT}")
     check_format(path, manifest.get("format"))
-    check_retrieval(path, manifest)
-    check_keys(path, manifest)
     return manifest
 
 
@@ -53,8 +60,8 @@ def check_retrieval(path: Path, manifest: dict) -> None:
     if manifest.get("kind") == "video-llm":
         raise VqtoolError(
             f"{path} is a video-llm export (vision/embedding/decoder graphs): this runtime scores retrieval "
-            "exports only. Generate text from it with export.generate.generate_text over its embedding and decoder "
-            "graphs; torch-free `vqtool infer --prompt` for video-llm exports is not built yet")
+            "exports only. Generate text from it with export.gen_runtime.VideoLLMRuntime(...).generate(video, prompt) "
+            "or `vqtool infer EXPORT --video V [--prompt TEXT]`")
 
 
 def check_keys(path: Path, manifest: dict) -> None:

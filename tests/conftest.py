@@ -123,6 +123,18 @@ def tiny_caption_run(tmp_path_factory, tiny_caption_recipe) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_caption_export(tmp_path_factory, tiny_caption_run) -> Path:
+    """The export dir of `tiny_caption_run` (fp32 + int8 decoders, parity checked)."""
+    from export.gen_pipeline import export_video_llm
+    from toolchain.progress import Reporter
+
+    out = tmp_path_factory.mktemp("exports") / "shapes-caption-tiny"
+    parity = export_video_llm(tiny_caption_run, out, False, ["fp32", "int8"], Reporter(quiet=True))
+    assert parity["passed"], parity.get("failures")
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_recipe) -> Path:
     """A finished run dir from the Python API (QLoRA nf4 on the built-in tiny base, 4 steps)."""
     from toolchain.progress import Reporter

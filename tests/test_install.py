@@ -68,6 +68,24 @@ def reference_scores(tiny_export, shapes_data):
     return video, VideoTextRuntime(tiny_export, threads=1).scores([video], TEXTS)
 
 
+@pytest.fixture(scope="module")
+def reference_caption(tiny_caption_export, shapes_data):
+    from export.gen_runtime import VideoLLMRuntime
+
+    video = shapes_data / "videos" / "eval_0001.mp4"
+    return video, VideoLLMRuntime(tiny_caption_export, "int8", threads=1).generate(video)["text"]
+
+
+def check_torch_free_generate(venv: Path, export: Path, reference_caption, cwd: Path) -> None:
+    """`vqtool infer --prompt` on a video-llm export through the venv: the caption the repo's runtime gives."""
+    video, expected = reference_caption
+    args = ["infer", export, "--video", video, "--variant", "int8", "--json", "--threads", "1"]
+    proc = subprocess.run([str(venv / "bin" / "vqtool"), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=venv_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["outputs"] == [expected]
+
+
 def check_torch_free_infer(venv: Path, tiny_export: Path, reference_scores, cwd: Path) -> dict:
     no_torch = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True, text=True,
                               cwd=cwd, env=venv_env(), timeout=60)
@@ -84,12 +102,14 @@ def check_torch_free_infer(venv: Path, tiny_export: Path, reference_scores, cwd:
     return out
 
 
-def test_no_extras_install_runs_infer_without_torch(tmp_path, wheel, tiny_export, reference_scores):
+def test_no_extras_install_runs_infer_without_torch(tmp_path, wheel, tiny_export, reference_scores,
+                                                    tiny_caption_export, reference_caption):
     venv = fresh_venv(tmp_path / "venv")
     pip(venv, "install", "-q", wheel)  # what `pip install vqtool` does: its dependencies, no extras
     have = installed(venv)
     assert "torch" not in have and "transformers" not in have and "onnxruntime" in have
     check_torch_free_infer(venv, tiny_export, reference_scores, tmp_path)
+    check_torch_free_generate(venv, tiny_caption_export, reference_caption, tmp_path)
     # Training needs the extra: a clear one-line error, not an ImportError traceback.
     proc = subprocess.run([str(venv / "bin" / "vqtool"), "finetune", str(REPO / "recipes" / "shapes-tiny.yaml")],
                           capture_output=True, text=True, cwd=tmp_path, env=venv_env(), timeout=120)
@@ -103,7 +123,8 @@ def runtime_pip_commands() -> list[list[str]]:
     return [argv for argv in parts if argv[:2] == ["pip", "install"]]
 
 
-def test_runtime_image_pip_lines_install_and_run(tmp_path, wheel, tiny_export, reference_scores):
+def test_runtime_image_pip_lines_install_and_run(tmp_path, wheel, tiny_export, reference_scores,
+                                                 tiny_caption_export, reference_caption):
     """The Dockerfile's two pip commands, in a clean venv, with CPU onnxruntime at the pinned version in
     place of onnxruntime-gpu (no GPU here) and pip's cache allowed (--no-cache-dir only keeps layers small)."""
     gpu_lines = RUNTIME_REQUIREMENTS.read_text()
@@ -122,6 +143,7 @@ def test_runtime_image_pip_lines_install_and_run(tmp_path, wheel, tiny_export, r
     assert "torch" not in have and have["vqtool"]
     pip(venv, "check")  # vqtool's own requirements are met by the pinned list
     check_torch_free_infer(venv, tiny_export, reference_scores, tmp_path)
+    check_torch_free_generate(venv, tiny_caption_export, reference_caption, tmp_path)  # the image generates too
 
 
 def test_gpu_requirements_resolve_without_the_cpu_wheel(tmp_path):

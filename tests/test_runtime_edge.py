@@ -240,4 +240,4 @@ def test_a_video_llm_export_is_named_not_misread(tiny_export, tmp_path):
     with pytest.raises(VqtoolError) as exc:
         VideoTextRuntime(out)
     msg = str(exc.value)
-    assert "video-llm export" in msg and "retrieval" in msg and "generate_text" in msg
+    assert "video-llm export" in msg and "retrieval" in msg and "VideoLLMRuntime" in msg and "--prompt" in msg

@@ -134,15 +134,29 @@ def export_cmd(
 def infer(
     export_dir: Annotated[Path, typer.Argument(help="An export dir from `vqtool export`.")],
     video: Annotated[list[Path], typer.Option("--video", help="Video file (repeatable).")],
-    text: Annotated[list[str], typer.Option("--text", help="Caption to score (repeatable).")],
+    text: Annotated[list[str], typer.Option("--text", help="Retrieval exports: a caption to score (repeatable).")] = [],
+    prompt: Annotated[Optional[str], typer.Option(
+        help="Video-llm exports: the question (QA) or the instruction (captioning), or a whole prompt with "
+        "{video} where the video goes. Default: the prompt the model was fine-tuned with.")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Video-llm exports: most tokens to generate (default: the recipe's).")] = None,
+    num_beams: Annotated[int, typer.Option(help="Video-llm exports: 1 is greedy; more is beam search.")] = 1,
     variant: Annotated[str, typer.Option(help="Which graph variant to run, e.g. fp32 or int8.")] = "fp32",
     providers: Annotated[str, typer.Option(help="auto (TensorRT > CUDA > CPU, as available), or e.g. cuda, cpu, tensorrt, a comma list or full ONNX Runtime names.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="Intra-op threads (default: ONNX Runtime's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
-    """Score videos against captions with ONNX Runtime only (no torch needed)."""
-    from export.runtime import VideoTextRuntime
+    """Score videos against captions, or generate text about them (video-llm exports), with ONNX Runtime only (no torch needed)."""
+    from export.runtime import VideoTextRuntime, read_manifest_file
 
+    if read_manifest_file(export_dir).get("kind") == "video-llm":
+        if text:
+            raise VqtoolError(f"{export_dir} is a video-llm export: it generates text, it does not score captions; "
+                              "drop --text and give --prompt (or nothing for the fine-tuned prompt)")
+        return infer_generate(export_dir, video, prompt, max_new_tokens, num_beams, variant, providers, threads, as_json)
+    if prompt is not None:
+        raise VqtoolError(f"{export_dir} is a retrieval export: it scores captions; use --text CAPTION instead of --prompt")
+    if not text:
+        raise VqtoolError("give at least one caption to score: --text 'a red circle moves left' (repeatable)")
     rt = VideoTextRuntime(export_dir, variant=variant, providers=providers, threads=threads)
     scores, indices = rt.score_videos(list(video), list(text))  # X-CLIP: captions conditioned on each video
     if as_json:
@@ -151,6 +165,30 @@ def infer(
         typer.echo(json.dumps(out))
         return
     print_scores(video, text, scores, rt.providers[0])
+
+
+def infer_generate(export_dir: Path, videos: list[Path], prompt, max_new_tokens, num_beams, variant, providers,
+                   threads, as_json: bool) -> None:
+    """`vqtool infer` on a video-llm export: one generation per video, streamed unless --json."""
+    from export.gen_runtime import VideoLLMRuntime
+
+    rt = VideoLLMRuntime(export_dir, variant=variant, providers=providers, threads=threads)
+    results = []
+    for v in videos:
+        if not as_json:
+            typer.echo(f"{v}: ", nl=False)
+        stream = None if as_json or num_beams > 1 else (lambda piece: typer.echo(piece, nl=False))
+        result = rt.generate(v, prompt, max_new_tokens, num_beams, on_text=stream)
+        results.append(result)
+        if not as_json:
+            typer.echo(result["text"] if stream is None else "")
+    if as_json:
+        total = sum(r["new_tokens"] for r in results), sum(r["seconds"] for r in results)
+        typer.echo(json.dumps({"videos": [str(v) for v in videos], "prompt": rt.prompt_text(prompt),
+                               "outputs": [r["text"] for r in results],
+                               "frame_indices": [r["frame_indices"] for r in results],
+                               "tokens_per_s": total[0] / total[1] if total[1] else 0.0,
+                               "variant": variant, "providers": rt.providers}))
 
 
 def print_scores(videos, texts, scores, provider: str) -> None:
