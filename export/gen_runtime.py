@@ -15,7 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from export.gen_session import GenSessions, session_options
-from export.generate import check_counts, generate
+from export.generate import check_counts, generate, text_streamer
 from export.providers import choose_providers, open_session, parse_providers, preload_gpu_libraries
 from export.runtime import REEXPORT, check_frames, read_manifest_file
 from toolchain.errors import VqtoolError
@@ -132,18 +132,8 @@ class VideoLLMRuntime:
         check_counts(max_new_tokens, num_beams)
         ids = self.prompt_ids(prompt)
         features, indices = self.encode_video(video)
-        new: list[int] = []
-        shown = [""]
-
-        def stream(step: int, tokens: list[int]) -> None:
-            new.append(tokens[0])
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            if text != shown[0]:
-                on_text(text[len(shown[0]):] if text.startswith(shown[0]) else text)
-                shown[0] = text
-
         start = time.perf_counter()
-        out = generate(self.sessions, ids, features, max_new_tokens, num_beams, stream if on_text else None,
+        out = generate(self.sessions, ids, features, max_new_tokens, num_beams, text_streamer(self.tokenizer, on_text),
                        eos_ids=[self.fmt.eos_token_id], pad_id=self.fmt.pad_token_id,
                        video_token_id=self.fmt.video_token_id)[0]
         seconds = time.perf_counter() - start

@@ -202,15 +202,12 @@ def repeat_features(features: np.ndarray, ids: np.ndarray, beams: int, token_id:
     return np.concatenate([np.tile(part, (beams, 1)) for part in parts])
 
 
-def generate_text(sessions: GenSessions, tokenizer, prompt: str, image_features: np.ndarray | None = None,
-                  max_new_tokens: int = 32, num_beams: int = 1, on_text: Callable[[str], None] | None = None,
-                  eos_ids: Sequence[int] = (), video_token_id: int | None = None) -> str:
-    """One prompt string -> generated text; on_text streams the decoded text as it grows (greedy)."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise VqtoolError("prompt is empty: give the text to continue (a caption request or a question)")
-    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+def text_streamer(tokenizer, on_text: Callable[[str], None] | None) -> TokenCallback | None:
+    """A greedy on_token callback that sends on_text only what decoding the new tokens added (None: no streaming)."""
+    if on_text is None:
+        return None
     new: list[int] = []
-    shown = [""]  # the text streamed so far; each call sends only what decoding the tokens added
+    shown = [""]  # the text streamed so far
 
     def stream(step: int, tokens: list[int]) -> None:
         new.append(tokens[0])
@@ -219,6 +216,16 @@ def generate_text(sessions: GenSessions, tokenizer, prompt: str, image_features:
             on_text(text[len(shown[0]):] if text.startswith(shown[0]) else text)
             shown[0] = text
 
-    out = generate(sessions, ids, image_features, max_new_tokens, num_beams, stream if on_text else None,
+    return stream
+
+
+def generate_text(sessions: GenSessions, tokenizer, prompt: str, image_features: np.ndarray | None = None,
+                  max_new_tokens: int = 32, num_beams: int = 1, on_text: Callable[[str], None] | None = None,
+                  eos_ids: Sequence[int] = (), video_token_id: int | None = None) -> str:
+    """One prompt string -> generated text; on_text streams the decoded text as it grows (greedy)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise VqtoolError("prompt is empty: give the text to continue (a caption request or a question)")
+    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    out = generate(sessions, ids, image_features, max_new_tokens, num_beams, text_streamer(tokenizer, on_text),
                    eos_ids, video_token_id=video_token_id)[0]
     return tokenizer.decode(out, skip_special_tokens=True)
