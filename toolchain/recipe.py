@@ -215,6 +215,7 @@ class TrainSection(Section):
     grad_accumulation: int = Field(1, ge=1)
     seed: int = 0
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    max_grad_norm: float | None = Field(None, gt=0, allow_inf_nan=False)  # clip the adapters' gradient norm; null: off
     warmup_steps: int = Field(10, ge=0)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=0)  # steps between resumable checkpoints; 0 disables them

@@ -99,6 +99,7 @@ def train_loop(task: Task, model, data, cfg: TrainSection, work: Path, report: R
             loss = procs.mean(summed)
             if not torch.isfinite(loss):
                 raise diverged(step, loss.item(), work, cfg)
+            clip_gradients(opt, cfg.max_grad_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -125,6 +126,14 @@ def resume_state(work: Path, model, opt, sched, procs: Processes, report: Report
         append_metrics(work, [{"event": "resumed", "from_step": state["step"]}])
     report.say(f"resuming from {newest} (step {state['step']} of {state['total']})")
     return state["step"]
+
+
+def clip_gradients(opt: torch.optim.Optimizer, max_norm: float | None) -> None:
+    """Scale the trainable gradients to a total L2 norm of at most max_norm (train.max_grad_norm; None: off).
+    Under DDP the gradients are already all-reduced here, so every process clips the same way."""
+    if max_norm is not None:
+        params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def diverged(step: int, value: float, work: Path, cfg: TrainSection) -> TrainingDivergedError:

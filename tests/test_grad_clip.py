@@ -1,0 +1,44 @@
+"""train.max_grad_norm: the trainer's gradient clipping and its recipe key."""
+
+import pytest
+import torch
+from conftest import SHIPPED_RECIPE
+
+from toolchain.errors import RecipeError
+from toolchain.recipe import load_recipe
+from toolchain.train import clip_gradients
+
+
+def optimizer_with_grads(*grads: torch.Tensor) -> torch.optim.Optimizer:
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    return torch.optim.AdamW(params + [torch.nn.Parameter(torch.zeros(2))], lr=1.0)  # one param without grad
+
+
+def grad_norm(opt) -> float:
+    return float(torch.sqrt(sum((p.grad ** 2).sum() for g in opt.param_groups for p in g["params"] if p.grad is not None)))
+
+
+def test_large_gradients_are_scaled_to_the_norm_keeping_their_direction():
+    opt = optimizer_with_grads(torch.tensor([3.0, 0.0]), torch.tensor([[0.0, 4.0]]))  # total norm 5
+    clip_gradients(opt, 1.0)
+    assert grad_norm(opt) == pytest.approx(1.0, rel=1e-4)
+    assert torch.allclose(opt.param_groups[0]["params"][0].grad, torch.tensor([0.6, 0.0]), atol=1e-4)
+
+
+def test_small_gradients_and_off_leave_them_alone():
+    opt = optimizer_with_grads(torch.tensor([0.3, 0.4]))
+    clip_gradients(opt, 1.0)
+    assert grad_norm(opt) == pytest.approx(0.5, rel=1e-5)
+    big = optimizer_with_grads(torch.tensor([30.0, 40.0]))
+    clip_gradients(big, None)
+    assert grad_norm(big) == pytest.approx(50.0, rel=1e-5)
+
+
+def test_recipe_key_defaults_off_and_rejects_bad_values():
+    assert load_recipe(SHIPPED_RECIPE).train.max_grad_norm is None
+    assert load_recipe(SHIPPED_RECIPE, ["train.max_grad_norm=0.5"]).train.max_grad_norm == 0.5
+    for bad in ("0", "-1", "inf"):
+        with pytest.raises(RecipeError, match="max_grad_norm"):
+            load_recipe(SHIPPED_RECIPE, [f"train.max_grad_norm={bad}"])
