@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from toolchain.errors import RecipeError
+from toolchain.time_reversal import symmetric_pairs
 
 Variant = Literal["fp32", "fp16", "int8", "int8-static", "int4"]
 GateName = Variant
@@ -216,6 +217,7 @@ class TrainSection(Section):
     seed: int = 0
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     max_grad_norm: float | None = Field(None, gt=0, allow_inf_nan=False)  # clip the adapters' gradient norm; null: off
+    time_reversal: dict[str, str] | None = None  # captioning/qa: word pairs swapped when a clip plays backwards
     warmup_steps: int = Field(10, ge=0)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=0)  # steps between resumable checkpoints; 0 disables them
@@ -390,8 +392,12 @@ def check_task(r: "Recipe") -> None:
     if task == "qa" and r.data.format not in ("jsonl", "videoqa"):
         raise ValueError(f"task: qa reads question-answer rows: data.format jsonl (rows with question and "
                          f"answer) or videoqa (MSRVTT-QA / MSVD-QA json), not {r.data.format}")
+    if task == "retrieval" and r.train.time_reversal:
+        raise ValueError("train.time_reversal augments captions and answers (task: captioning or qa); "
+                         "remove it for task: retrieval")
     if task != "retrieval":
         check_prompt(r.generation.template(task), task)
+        symmetric_pairs(r.train.time_reversal or {})
 
 
 def check_prompt(template: str, task: str) -> None:

@@ -202,7 +202,7 @@ def train_and_evaluate(recipe: Recipe, work: Path, report: Reporter, procs: Proc
         append_metrics(work, [{"event": "skipped", "video": v, "reason": r} for v, r in skipped])
         base = base_eval(work, lambda: evaluate_model(task, model, eval_data, recipe, procs))
     t0 = time.perf_counter()
-    steps = train_loop(task, model, train_data, recipe.train, work, report, procs)
+    steps = train_loop(task, model, task.augment(recipe, train_data), recipe.train, work, report, procs)
     train_s = time.perf_counter() - t0
     result = None
     if procs.is_main:
