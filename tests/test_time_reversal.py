@@ -77,3 +77,20 @@ def test_a_reversed_example_plays_its_clip_backwards_with_the_swapped_caption():
     assert torch.equal(motion[0], clips.video_motion[0].flip(0)) and torch.equal(motion[1], clips.video_motion[0])
     assert ids[0, : len(aug.examples[3][0])].tolist() == aug.examples[3][0]
     assert ids[2, : len(aug.examples[4][0])].tolist() == training_example(data.tok, data.fmt, "a green triangle moves down")[0]
+
+
+def test_finetune_says_how_many_rows_time_reversal_added():
+    from rich.console import Console
+
+    from toolchain.progress import Reporter
+    from toolchain.tasks import TASKS
+    from toolchain.train import augmented
+
+    console = Console(record=True, width=200)
+    data = toy_data(["a red circle moves left", "a blue square"])
+    out = augmented(TASKS["captioning"], load_recipe(CAPTION_RECIPE, [PAIRS]), data, Reporter(console))
+    assert len(out) == 3
+    assert "1 of 2 training rows name a pair word and also train reversed (3 examples)" in console.export_text()
+    silent = Console(record=True, width=200)
+    assert len(augmented(TASKS["captioning"], load_recipe(CAPTION_RECIPE), data, Reporter(silent))) == 2
+    assert silent.export_text() == ""
