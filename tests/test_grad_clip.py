@@ -6,7 +6,11 @@ from conftest import SHIPPED_RECIPE
 
 from toolchain.errors import RecipeError
 from toolchain.recipe import load_recipe
-from toolchain.train import clip_gradients
+from toolchain.distributed import Processes
+from toolchain.progress import Reporter
+from toolchain.recipe import TrainSection
+from toolchain.tasks.task import Task
+from toolchain.train import clip_gradients, train_loop
 
 
 def optimizer_with_grads(*grads: torch.Tensor) -> torch.optim.Optimizer:
@@ -42,3 +46,35 @@ def test_recipe_key_defaults_off_and_rejects_bad_values():
     for bad in ("0", "-1", "inf"):
         with pytest.raises(RecipeError, match="max_grad_norm"):
             load_recipe(SHIPPED_RECIPE, [f"train.max_grad_norm={bad}"])
+
+
+def one_step_update(tmp_path, max_grad_norm: float | None) -> float:
+    """Run train_loop for one step on a toy task whose gradient is ~1e3 per element; return the largest
+    parameter change. Adam divides by sqrt(v) + 1e-8, so its first step moves each weight by ~lr for any
+    gradient well above 1e-8, and by much less once the clip has scaled the gradient down to ~1e-10."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1, bias=False)
+    before = model.weight.detach().clone()
+    x = torch.full((8, 4), 1.0e3)
+
+    def batches(data, stream, device):
+        while True:
+            next(stream)
+            yield (x,)
+
+    task = Task(name="toy", prepare=None, batches=batches, loss=lambda m, inp: m(inp).pow(2).mean() / 1e3,
+                evaluate=None, summary=None)
+    cfg = TrainSection(max_steps=1, lr=0.1, batch_size=8, warmup_steps=0, checkpoint_every=0,
+                       max_grad_norm=max_grad_norm)
+    work = tmp_path / str(max_grad_norm)
+    work.mkdir()
+    assert train_loop(task, model, list(range(8)), cfg, work, Reporter(quiet=True), Processes()) == 1
+    return float((model.weight.detach() - before).abs().max())
+
+
+def test_train_loop_clips_before_the_optimizer_step(tmp_path):
+    # cosine at step 1 of 1 with no warm-up: the factor is 1, so the unclipped step is ~lr = 0.1
+    unclipped = one_step_update(tmp_path, None)
+    clipped = one_step_update(tmp_path, 1e-10)
+    assert unclipped == pytest.approx(0.1, rel=0.01)
+    assert clipped < unclipped / 50

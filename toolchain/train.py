@@ -128,6 +128,15 @@ def resume_state(work: Path, model, opt, sched, procs: Processes, report: Report
     return state["step"]
 
 
+def augmented(task: Task, recipe: Recipe, data, report: Reporter):
+    """The task's training-time augmentation (train.time_reversal), said when it adds examples."""
+    out = task.augment(recipe, data)
+    if len(out) > len(data):
+        report.say(f"train.time_reversal: {len(out) - len(data):,} of {len(data):,} training rows name a pair word "
+                   f"and also train reversed ({len(out):,} examples)")
+    return out
+
+
 def clip_gradients(opt: torch.optim.Optimizer, max_norm: float | None) -> None:
     """Scale the trainable gradients to a total L2 norm of at most max_norm (train.max_grad_norm; None: off).
     Under DDP the gradients are already all-reduced here, so every process clips the same way."""
@@ -202,7 +211,7 @@ def train_and_evaluate(recipe: Recipe, work: Path, report: Reporter, procs: Proc
         append_metrics(work, [{"event": "skipped", "video": v, "reason": r} for v, r in skipped])
         base = base_eval(work, lambda: evaluate_model(task, model, eval_data, recipe, procs))
     t0 = time.perf_counter()
-    steps = train_loop(task, model, train_data, recipe.train, work, report, procs)
+    steps = train_loop(task, model, augmented(task, recipe, train_data, report), recipe.train, work, report, procs)
     train_s = time.perf_counter() - t0
     result = None
     if procs.is_main:

@@ -10,7 +10,8 @@ each question by normalised exact match, overall and per question type.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from toolchain.data.batches import batches as pixel_batches
 from toolchain.data.clips import ClipSet
 from toolchain.models.prompt import IGNORE, PromptFormat, decode_answer, pad_right, prompt_ids, training_example
 from toolchain.models.video_llm import VideoLLM, greedy_generate
+from toolchain.time_reversal import reversed_rows, symmetric_pairs
 from toolchain.tasks.task import Task
 from toolchain.text_metrics import caption_scores, direction_accuracy, qa_accuracy, question_type
 
@@ -29,7 +31,8 @@ class GenerativeData:
     clips: ClipSet
     tok: Tokenizer
     fmt: PromptFormat
-    examples: list[tuple[list[int], list[int]]]  # per pair: (ids, labels)
+    examples: list[tuple[list[int], list[int]]]  # per pair: (ids, labels); then the reversed copies'
+    reversed_from: list[int] = field(default_factory=list)  # example len(pairs) + j plays pair reversed_from[j] backwards
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -42,9 +45,30 @@ def prepare(recipe, info, model: VideoLLM, clips: ClipSet, device: str) -> Gener
     return GenerativeData(clips, tok, fmt, examples)
 
 
+def augment(recipe, data: GenerativeData) -> GenerativeData:
+    """The training examples plus, with train.time_reversal, each pair-word row reversed (toolchain/time_reversal.py)."""
+    pairs = symmetric_pairs(recipe.train.time_reversal or {})
+    rows = reversed_rows(data.clips.captions, data.clips.questions, pairs)
+    extra = [training_example(data.tok, data.fmt, answer, question) for _, answer, question in rows]
+    return replace(data, examples=data.examples + extra, reversed_from=[i for i, _, _ in rows])
+
+
 def batches(data: GenerativeData, stream, dev):
-    """(pixels, motion, ids, attention mask, labels) per batch of pair indices, padded to the batch's longest."""
-    for idx, pixels, motion in pixel_batches(data.clips, stream, dev):
+    """(pixels, motion, ids, attention mask, labels) per batch of example indices, padded to the batch's
+    longest; a reversed example's frames and motion are its source pair's, in reverse order."""
+    n, asked = len(data.clips.captions), deque()
+
+    def sources(stream):
+        for idx in stream:
+            asked.append(idx)
+            yield torch.tensor([i if i < n else data.reversed_from[i - n] for i in idx.tolist()])
+
+    for _, pixels, motion in pixel_batches(data.clips, sources(stream), dev):
+        idx = asked.popleft()
+        back = (idx >= n).to(pixels.device)
+        if back.any():
+            pixels = torch.where(back[:, None, None, None, None], pixels.flip(1), pixels)
+            motion = torch.where(back[:, None], motion.flip(1), motion)
         rows = [data.examples[i] for i in idx.tolist()]
         ids, mask, labels = pad_right([r[0] for r in rows], [r[1] for r in rows], data.fmt.pad_token_id)
         yield pixels, motion, *(torch.from_numpy(a).to(dev) for a in (ids, mask, labels))
@@ -117,5 +141,5 @@ def qa_summary(result: dict) -> list[str]:
     return lines
 
 
-CAPTIONING = Task("captioning", prepare, batches, lm_loss, evaluate_captions, caption_summary)
-QA = Task("qa", prepare, batches, lm_loss, evaluate_answers, qa_summary)
+CAPTIONING = Task("captioning", prepare, batches, lm_loss, evaluate_captions, caption_summary, augment)
+QA = Task("qa", prepare, batches, lm_loss, evaluate_answers, qa_summary, augment)

@@ -14,4 +14,5 @@ class Task:
     loss: Callable  # (model, *inputs) -> scalar tensor
     evaluate: Callable  # (model, data, recipe) -> metrics dict (eval.json's "base" / "finetuned")
     summary: Callable  # (eval.json dict) -> lines for the end of the run
+    augment: Callable = lambda recipe, data: data  # (recipe, training data) -> training data, more examples
 
