@@ -5,10 +5,9 @@ import torch
 from conftest import SHIPPED_RECIPE
 
 from toolchain.errors import RecipeError
-from toolchain.recipe import load_recipe
 from toolchain.distributed import Processes
 from toolchain.progress import Reporter
-from toolchain.recipe import TrainSection
+from toolchain.recipe import TrainSection, load_recipe
 from toolchain.tasks.task import Task
 from toolchain.train import clip_gradients, train_loop
 

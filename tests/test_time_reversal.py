@@ -51,6 +51,9 @@ def test_recipes_accept_pairs_for_generative_tasks_only():
         load_recipe(SHIPPED_RECIPE, [PAIRS])
     with pytest.raises(RecipeError, match="train.time_reversal.*paired with both"):
         load_recipe(CAPTION_RECIPE, ["train.time_reversal={left: right, right: up}"])
+    with pytest.raises(RecipeError, match=r"read True as a bool: quote the words"):
+        load_recipe(CAPTION_RECIPE, ["train.time_reversal={on: off}"])
+    assert load_recipe(CAPTION_RECIPE, ["train.time_reversal={'on': 'off'}"]).train.time_reversal == {"on": "off"}
 
 
 def toy_data(captions: list[str]) -> GenerativeData:

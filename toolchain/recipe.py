@@ -221,6 +221,17 @@ class TrainSection(Section):
     checkpoint_every: int = Field(50, ge=0)  # steps between resumable checkpoints; 0 disables them
     keep: int = Field(2, ge=1)  # how many of the newest checkpoints to keep
 
+    @field_validator("time_reversal", mode="before")
+    @classmethod
+    def _words_are_strings(cls, value):
+        """YAML 1.1 reads on/off/yes/no/true/false unquoted as booleans (and 1, 2 as numbers)."""
+        if isinstance(value, dict):
+            odd = [w for pair in value.items() for w in pair if not isinstance(w, str)]
+            if odd:
+                raise ValueError(f"train.time_reversal takes words, but YAML read {odd[0]!r} as a "
+                                 f"{type(odd[0]).__name__}: quote the words, e.g. {{'on': 'off'}}")
+        return value
+
     @model_validator(mode="after")
     def _one_length(self):
         if self.max_steps is not None and self.epochs is not None:

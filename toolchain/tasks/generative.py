@@ -21,9 +21,9 @@ from toolchain.data.batches import batches as pixel_batches
 from toolchain.data.clips import ClipSet
 from toolchain.models.prompt import IGNORE, PromptFormat, decode_answer, pad_right, prompt_ids, training_example
 from toolchain.models.video_llm import VideoLLM, greedy_generate
-from toolchain.time_reversal import reversed_rows, symmetric_pairs
 from toolchain.tasks.task import Task
 from toolchain.text_metrics import caption_scores, direction_accuracy, qa_accuracy, question_type
+from toolchain.time_reversal import reversed_rows, symmetric_pairs
 
 
 @dataclass
