@@ -36,4 +36,4 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf runs exports data/shapes
+	rm -rf runs exports data/shapes data/shapes960

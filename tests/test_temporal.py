@@ -10,7 +10,7 @@ import torch
 from export.merge import merge_static_adapters
 from toolchain.adapters.qlora import add_lora, bnb_config, keep_training_layout
 from toolchain.adapters.temporal import (
-    TemporalSideBranch, attach_temporal, branch_cost, load_temporal, plain_lora_view, save_temporal,
+    TemporalSideBranch, attach_temporal, branch_cost, init_kernel, load_temporal, plain_lora_view, save_temporal,
     temporal_targets,
 )
 from toolchain.errors import RecipeError, VqtoolError
@@ -196,3 +196,17 @@ def test_exported_temporal_model_reports_its_branch(tiny_export, tiny_recipe):
     parity = json.loads((tiny_export / "parity.json").read_text())
     assert parity["variants"]["fp32"]["video"]["min_cosine"] >= 0.9999
     assert parity["variants"]["int8"]["video"]["min_cosine"] >= 0.99
+
+
+def test_difference_init_sees_the_frame_order_from_the_start(info):
+    """init: difference starts every second channel as identity + (h[k+1] − h[k−1]) / 2, so a
+    non-zero B already makes the clip's embedding depend on the frame order; identity does not."""
+    conv = init_kernel(4, 3, "difference")
+    assert conv.tolist() == [[0, 1, 0], [-0.5, 1, 0.5], [0, 1, 0], [-0.5, 1, 0.5]]
+    assert torch.equal(init_kernel(4, 1, "difference"), torch.ones(4, 1))
+    frames = clip_frames()
+    for init, sees_order in (("identity", False), ("difference", True)):
+        model = lora_model(info, "none")
+        attach_temporal(model.clip, TemporalSection(enabled=True, init=init), K, model.temporal)
+        gap = (video_embed(model, frames) - video_embed(model, frames.flip(1))).abs().max().item()
+        assert (gap > 1e-3) == sees_order, (init, gap)

@@ -119,6 +119,7 @@ class TemporalSection(Section):
     kernel: int = Field(3, ge=1, le=15)
     gate: Literal["motion", "position", "both", "none"] = "both"
     layers: Literal["all"] | list[int] = "all"
+    init: Literal["identity", "difference"] = "identity"  # difference: half the channels start as d/dt
 
     @model_validator(mode="after")
     def _odd_kernel(self):

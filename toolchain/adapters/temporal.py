@@ -8,7 +8,9 @@ For a LoRA layer in the vision tower, frame k of a clip gets
 where conv_t is a depthwise convolution over the K frames (one kernel per rank channel, identity
 at init) and g_k = 2·sigmoid(α · motion_k + p_k) is a per-frame, per-channel gate from the frame's
 integer motion energy and a learned position embedding over K (1 at init). At step 0 the residual
-is zero, so the layer equals plain LoRA. The static part W + s·BA merges into the base on export;
+is zero, so the layer equals plain LoRA. With `adapters.temporal.init: difference`, every second
+channel's kernel starts as identity + the central difference (h_{k+1} − h_{k−1}) / 2, so the branch
+sees the sign of motion from step 0; the layer still starts as the base (LoRA's B is zero at init). The static part W + s·BA merges into the base on export;
 the residual stays as a low-rank side branch in the graph (it depends on the other frames and on
 the frame's time and motion, so it cannot merge).
 
@@ -48,9 +50,21 @@ def gate_parts(gate: str) -> tuple[str, ...]:
     return {"motion": ("motion",), "position": ("position",), "both": ("motion", "position")}.get(gate, ())
 
 
-def init_temporal_params(rank: int, kernel: int, k: int, gate: str = "both") -> nn.ParameterDict:
+def init_kernel(rank: int, kernel: int, init: str = "identity") -> torch.Tensor:
+    """[rank, kernel] depthwise kernels: identity over time, and with init="difference" every second
+    channel also carries the central difference (h[k+1] − h[k−1]) / 2, so the branch sees motion's sign."""
     conv = torch.zeros(rank, kernel)
-    conv[:, kernel // 2] = 1.0  # identity over time
+    c = kernel // 2
+    conv[:, c] = 1.0
+    if init == "difference" and kernel > 1:
+        conv[1::2, c - 1], conv[1::2, c + 1] = -0.5, 0.5
+    return conv
+
+
+def init_temporal_params(
+    rank: int, kernel: int, k: int, gate: str = "both", init: str = "identity"
+) -> nn.ParameterDict:
+    conv = init_kernel(rank, kernel, init)
     params = {"conv": nn.Parameter(conv)}
     if "motion" in gate_parts(gate):
         params["motion"] = nn.Parameter(torch.zeros(rank))
@@ -144,7 +158,8 @@ def attach_temporal(model: nn.Module, cfg, k: int, ctx: TemporalContext, adapter
         module = model.get_submodule(name)
         rank = module.lora_A[adapter].out_features
         device = module.lora_A[adapter].weight.device
-        module.temporal_params = nn.ModuleDict({adapter: init_temporal_params(rank, cfg.kernel, k, cfg.gate).to(device)})
+        params = init_temporal_params(rank, cfg.kernel, k, cfg.gate, cfg.init)
+        module.temporal_params = nn.ModuleDict({adapter: params.to(device)})
         module.lora_variant[adapter] = TemporalLoraVariant(cfg.gate, ctx)
     return names
 
