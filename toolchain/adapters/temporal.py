@@ -7,12 +7,13 @@ For a LoRA layer in the vision tower, frame k of a clip gets
 
 where conv_t is a depthwise convolution over the K frames (one kernel per rank channel, identity
 at init) and g_k = 2·sigmoid(α · motion_k + p_k) is a per-frame, per-channel gate from the frame's
-integer motion energy and a learned position embedding over K (1 at init). At step 0 the residual
-is zero, so the layer equals plain LoRA. With `adapters.temporal.init: difference`, every second
-channel's kernel starts as identity + the central difference (h_{k+1} − h_{k−1}) / 2, so the branch
-sees the sign of motion from step 0; the layer still starts as the base (LoRA's B is zero at init). The static part W + s·BA merges into the base on export;
-the residual stays as a low-rank side branch in the graph (it depends on the other frames and on
-the frame's time and motion, so it cannot merge).
+integer motion energy and a learned position embedding over K (1 at init). With the identity init
+the residual is zero at step 0, so the layer equals plain LoRA. With `adapters.temporal.init:
+difference`, every second channel's kernel starts as identity + the central difference
+(h_{k+1} − h_{k−1}) / 2, so the branch sees the sign of motion from step 0; either way the layer
+starts as the base, since LoRA's B is zero at init. The static part W + s·BA merges into the base
+on export; the residual stays as a low-rank side branch in the graph (it depends on the other
+frames and on the frame's time and motion, so it cannot merge).
 
 It plugs into PEFT as a LoRA variant (`module.lora_variant[adapter]`), so lora_A/lora_B stay in
 PEFT's own format and file; the temporal parameters are saved beside them in temporal.safetensors.
