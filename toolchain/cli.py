@@ -251,12 +251,17 @@ def data_synth(
     out_dir: Annotated[Path, typer.Argument(help="Folder for videos/, train.jsonl and eval.jsonl.")],
     videos: Annotated[int, typer.Option(help="Number of training clips (eval is one clip per caption: 48).")] = 192,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed renders the same clips.")] = 0,
+    variety: Annotated[str, typer.Option(
+        help="plain: one flat drawing (fixed size, grey background, h264); wide: per-clip sizes, "
+        "backgrounds, noise, colour jitter, proportions, frame rates and h264/mpeg4/vp9.")] = "plain",
 ):
     """Render the synthetic shapes dataset as real video files (PyAV) plus JSONL captions."""
-    from toolchain.data.synth import synthesize
+    from toolchain.data.synth import VARIETIES, synthesize
 
+    if variety not in VARIETIES:
+        raise VqtoolError(f"--variety {variety!r}: choose one of {', '.join(VARIETIES)}")
     with reporter().task("rendering videos", None) as t:
-        summary = synthesize(out_dir, videos=videos, seed=seed, progress=t.progress)
+        summary = synthesize(out_dir, videos=videos, seed=seed, progress=t.progress, variety=variety)
     typer.echo(f"wrote {summary['train']} train and {summary['eval']} eval clips to {out_dir}")
 
 

@@ -64,6 +64,8 @@ class DataSection(Section):
     RAM; a larger one streams each batch from the frame cache (0: always stream), `workers` videos
     at a time (0: one per CPU, up to 8); `vqtool data prepare` decodes with `workers` processes.
     cache_max_gb: the frame cache's cap on disk; past it, the least recently used entries go.
+    synth_variety: how a missing synthetic set is drawn (`vqtool data synth --variety`): plain, one
+    flat drawing; wide, per-clip sizes, backgrounds, noise, jitter, frame rates and codecs.
     """
 
     format: Literal["jsonl", "csv", "msrvtt", "vatex", "videoqa"] = "jsonl"
@@ -79,6 +81,7 @@ class DataSection(Section):
     synthesize_if_missing: bool = True
     synth_videos: int = Field(192, ge=1)
     synth_seed: int = 0
+    synth_variety: Literal["plain", "wide"] = "plain"
 
     @model_validator(mode="after")
     def _format_needs(self):

@@ -37,5 +37,6 @@ def ensure_data(data: DataSection, report) -> tuple[Path, Path]:
 
     report.say(f"generating the synthetic shapes set in {train.parent} (first use)")
     with report.task("rendering videos", None) as t:
-        synthesize(train.parent, videos=data.synth_videos, seed=data.synth_seed, progress=t.progress)
+        synthesize(train.parent, videos=data.synth_videos, seed=data.synth_seed, progress=t.progress,
+                   variety=data.synth_variety)
     return train, evalf

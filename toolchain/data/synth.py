@@ -13,6 +13,8 @@ from typing import Callable
 import av
 import numpy as np
 
+from toolchain.data.synth_wide import render_wide_clip
+
 COLORS = {
     "red": (220, 40, 40),
     "green": (40, 200, 60),
@@ -27,7 +29,12 @@ BACKGROUND = 30
 _STEPS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 # Low CRF keeps the flat colours close to their RGB values after yuv420p.
-_CODEC_OPTIONS = {"libx264": {"crf": "12", "preset": "ultrafast"}}
+_CODEC_OPTIONS = {
+    "libx264": {"crf": "12", "preset": "ultrafast"},
+    "mpeg4": {"b": "1M"},
+    "libvpx-vp9": {"crf": "20", "b": "0", "deadline": "realtime", "cpu-used": "8"},
+}
+VARIETIES = ("plain", "wide")  # plain: the original flat renderer; wide: synth_wide.py
 
 
 def caption(color: str, shape: str, direction: str) -> str:
@@ -40,6 +47,17 @@ def appearance(caption_text: str) -> str | None:
     if len(words) == 5 and words[3] == "moves" and words[4] in DIRECTIONS:
         return " ".join(words[:3])
     return None
+
+
+REVERSED = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def reversed_caption(caption_text: str) -> str | None:
+    """'a red circle moves left' -> 'a red circle moves right'; None if off-grammar."""
+    if appearance(caption_text) is None:
+        return None
+    words = caption_text.split()
+    return " ".join(words[:4] + [REVERSED[words[4]]])
 
 
 QUESTIONS = {  # type -> question; the answer is the caption's word of that kind
@@ -183,12 +201,24 @@ def _train_specs(rng: np.random.Generator, videos: int) -> list[tuple[str, str, 
     ]
 
 
+def _render(rng: np.random.Generator, spec: tuple[str, str, str], variety: str):
+    """(frames, fps, codec, file suffix) of one clip of the chosen variety."""
+    color, shape, direction = spec
+    if variety == "plain":
+        return render_clip(rng, color, shape, direction), 10, "libx264", ".mp4"
+    clip = render_wide_clip(rng, shape, COLORS[color], direction)
+    return clip.frames, clip.fps, clip.codec, clip.suffix
+
+
 def synthesize(
     out_dir: Path,
     videos: int = 192,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    variety: str = "plain",
 ) -> dict:
+    if variety not in VARIETIES:
+        raise ValueError(f"variety {variety!r}: choose one of {', '.join(VARIETIES)}")
     out_dir = Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     train_rng = np.random.default_rng([seed, 0])
@@ -202,10 +232,11 @@ def synthesize(
     done = 0
     for split, (rng, specs) in splits.items():
         rows = []
-        for i, (color, shape, direction) in enumerate(specs):
-            rel = f"videos/{split}_{i:04d}.mp4"
-            write_video(out_dir / rel, render_clip(rng, color, shape, direction))
-            rows.append({"video": rel, "caption": caption(color, shape, direction)})
+        for i, spec in enumerate(specs):
+            frames, fps, codec, suffix = _render(rng, spec, variety)
+            rel = f"videos/{split}_{i:04d}{suffix}"
+            write_video(out_dir / rel, frames, fps=fps, codec=codec)
+            rows.append({"video": rel, "caption": caption(*spec)})
             done += 1
             if progress is not None:
                 progress(done, total)
