@@ -89,3 +89,24 @@ def test_within_group_needs_the_square_one_caption_per_video_case():
     sim = np.eye(3, 4)
     with pytest.raises(ValueError, match="video 3 has no caption"):
         retrieval_metrics(sim, ["a", "a", "b", "b"], [0, 1, 2])
+
+
+def test_group_r1_counts_a_top_caption_of_the_right_group_even_with_the_wrong_direction():
+    """Videos 0, 1 are group 'a', video 2 group 'b'. Video 0's top caption is caption 1 (same group: a hit),
+    video 1's is caption 2 (group b: a miss), video 2's its own."""
+    sim = np.array([[0.1, 0.2, 0.0],
+                    [0.9, 0.1, 0.1],
+                    [0.0, 0.8, 0.7]])
+    m = retrieval_metrics(sim, ["a", "a", "b"])
+    assert m["v2t_group_r1"] == pytest.approx(200 / 3)
+
+
+def test_reversed_caption_accuracy_compares_each_video_with_its_rival_caption():
+    """Rivals: 0 <-> 1; video 2 has none. Video 0 prefers its own caption, video 1 ties (a miss)."""
+    sim = np.array([[0.9, 0.5, 0.0],
+                    [0.2, 0.5, 0.0],
+                    [0.0, 0.0, 1.0]])
+    m = retrieval_metrics(sim, ["a", "a", "b"], rival=[1, 0, -1])
+    assert m["reversed_caption_acc"] == pytest.approx(50.0)
+    assert "reversed_caption_acc" not in retrieval_metrics(sim, ["a", "a", "b"])
+    assert retrieval_metrics(sim, ["a", "a", "b"], rival=[-1, -1, -1])["reversed_caption_acc"] is None

@@ -54,6 +54,23 @@ def within_group_r1(sim_t2v: np.ndarray, groups: list) -> float | None:
     return 100.0 * float(np.mean(ranks_of_truth(masked) <= 1))
 
 
+def group_r1(sim_t2v: np.ndarray, groups: list) -> float:
+    """Per video, is its top-scored caption of the video's own group (e.g. colour + shape right,
+    whatever the direction)? Square sim, caption i of video i; in percent."""
+    keys = np.array([str(g) for g in groups])
+    return 100.0 * float(np.mean(keys[sim_t2v.argmax(axis=0)] == keys))
+
+
+def pair_accuracy(sim_t2v: np.ndarray, rival: np.ndarray) -> float | None:
+    """Per video i with a rival caption rival[i] (e.g. its caption with the direction reversed; -1: none),
+    does its own caption score strictly higher? Square sim; in percent, None when no video has a rival."""
+    has = rival >= 0
+    if not has.any():
+        return None
+    idx = np.nonzero(has)[0]
+    return 100.0 * float(np.mean(sim_t2v[idx, idx] > sim_t2v[rival[idx], idx]))
+
+
 def summarize(r: np.ndarray) -> dict:
     return {
         "r1": 100.0 * float(np.mean(r <= 1)),
@@ -64,10 +81,11 @@ def summarize(r: np.ndarray) -> dict:
     }
 
 
-def retrieval_metrics(sim_t2v: np.ndarray, groups: list | None = None, video_of=None) -> dict:
+def retrieval_metrics(sim_t2v: np.ndarray, groups: list | None = None, video_of=None, rival=None) -> dict:
     """sim_t2v: [texts, videos]. Without `video_of`, text i describes video i (square matrix);
     with it, caption i describes video video_of[i]. `groups` (one per video, one caption each)
-    adds a within-group R@1."""
+    adds a within-group R@1 and the group R@1; `rival` (caption index per video, -1: none) the
+    accuracy of the own caption against that rival."""
     out = {}
     if video_of is None:
         if sim_t2v.shape[0] != sim_t2v.shape[1]:
@@ -76,6 +94,9 @@ def retrieval_metrics(sim_t2v: np.ndarray, groups: list | None = None, video_of=
     video_of = np.asarray(video_of)
     if groups is not None and sim_t2v.shape[0] == sim_t2v.shape[1] and (video_of == np.arange(len(video_of))).all():
         out["t2v_within_group_r1"] = within_group_r1(sim_t2v, groups)
+        out["v2t_group_r1"] = group_r1(sim_t2v, groups)
+        if rival is not None:
+            out["reversed_caption_acc"] = pair_accuracy(sim_t2v, np.asarray(rival))
     out["t2v"] = summarize(t2v_ranks(sim_t2v, video_of))
     out["v2t"] = summarize(v2t_ranks(sim_t2v, video_of))
     out["captions"], out["videos"] = int(sim_t2v.shape[0]), int(sim_t2v.shape[1])

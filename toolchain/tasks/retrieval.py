@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from export.tokenize import encode_texts, load_tokenizer
 from toolchain.data.batches import batches as pixel_batches
 from toolchain.data.clips import ClipSet, caption_targets
-from toolchain.data.synth import appearance
+from toolchain.data.synth import appearance, reversed_caption
 from toolchain.evaluate import retrieval_metrics
 from toolchain.models.build import BaseInfo
 from toolchain.models.video_clip import VideoCLIP
@@ -69,7 +69,9 @@ def evaluate(model: VideoCLIP, data: RetrievalData, recipe) -> dict:
     with torch.no_grad():  # [captions, videos]; X-CLIP's captions conditioned on each video
         sim = F.normalize(text, dim=-1) @ video.T if context is None else model.scores(video, context, text).T
     groups = [appearance(c) for c in clips.captions]
-    return retrieval_metrics(sim.cpu().numpy(), groups if None not in groups else None, clips.video_of.numpy())
+    index = {c: i for i, c in enumerate(clips.captions)}
+    rival = [index.get(reversed_caption(c) or "", -1) for c in clips.captions]
+    return retrieval_metrics(sim.cpu().numpy(), groups if None not in groups else None, clips.video_of.numpy(), rival)
 
 
 def summary(result: dict) -> list[str]:
@@ -78,6 +80,11 @@ def summary(result: dict) -> list[str]:
     within = result["base"].get("t2v_within_group_r1"), result["finetuned"].get("t2v_within_group_r1")
     if None not in within:
         lines.append(f"direction R@1 (same colour and shape, chance 25): base {within[0]:.1f} -> fine-tuned {within[1]:.1f}")
+    for key, what in (("v2t_group_r1", "colour + shape of the top caption"),
+                      ("reversed_caption_acc", "own caption over its reversed one, chance 50")):
+        pair = result["base"].get(key), result["finetuned"].get(key)
+        if None not in pair:
+            lines.append(f"{what}: base {pair[0]:.1f} -> fine-tuned {pair[1]:.1f}")
     return lines
 
 
