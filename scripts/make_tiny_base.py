@@ -1,7 +1,7 @@
 """Reproducibly pretrain the built-in `tiny-video-clip` base on single static frames of the shapes.
 
 It learns appearance (colour and shape) from captions like "a red circle" and never sees motion, so
-fine-tuning has something to teach. Run: python scripts/make_tiny_base.py [--steps 1500] [--seed 0]
+fine-tuning has something to teach. Run: python scripts/make_tiny_base.py [--steps 1500] [--seed 0] [--variety plain|wide] [--per-pair 1]
 Writes toolchain/models/tiny_video_clip/{config.json, model.safetensors, tokenizer.json}.
 """
 
@@ -20,13 +20,16 @@ from transformers import CLIPModel
 
 from export.tokenize import encode_texts, load_tokenizer
 from toolchain.data.synth import COLORS, SHAPES, blank_frame, draw_shape
+from toolchain.data.synth_wide import render_wide_still
 from toolchain.models.preprocess import CLIP_MEAN, CLIP_STD, preprocess_frames
 from toolchain.models.tiny import BUILTIN_DIR, MAX_TEXT_LEN, build_tokenizer, tiny_clip_config
 
 PAIRS = list(itertools.product(COLORS, SHAPES))
 
 
-def random_frame(rng: np.random.Generator, color: str, shape: str) -> torch.Tensor:
+def random_frame(rng: np.random.Generator, color: str, shape: str, variety: str = "plain") -> torch.Tensor:
+    if variety == "wide":
+        return torch.from_numpy(render_wide_still(rng, shape, COLORS[color]))[None, None]
     h, w = int(rng.integers(24, 45)) * 2, int(rng.integers(32, 57)) * 2
     frame = blank_frame(h, w)
     size = max(6, min(h, w) // 4)
@@ -35,12 +38,14 @@ def random_frame(rng: np.random.Generator, color: str, shape: str) -> torch.Tens
     return torch.from_numpy(frame)[None, None]
 
 
-def batch(rng, image_size: int) -> torch.Tensor:
-    pix = [preprocess_frames(random_frame(rng, c, s), image_size, CLIP_MEAN, CLIP_STD) for c, s in PAIRS]
+def batch(rng, image_size: int, variety: str, per_pair: int) -> torch.Tensor:
+    """per_pair frames of every (colour, shape) pair, pair-major: row i is pair i // per_pair."""
+    pix = [preprocess_frames(random_frame(rng, c, s, variety), image_size, CLIP_MEAN, CLIP_STD)
+           for c, s in PAIRS for _ in range(per_pair)]
     return torch.cat(pix)[:, 0]
 
 
-def pretrain(steps: int, seed: int) -> tuple[CLIPModel, object]:
+def pretrain(steps: int, seed: int, variety: str = "plain", per_pair: int = 1) -> tuple[CLIPModel, object]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tok = build_tokenizer()
@@ -51,13 +56,16 @@ def pretrain(steps: int, seed: int) -> tuple[CLIPModel, object]:
     ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    labels = torch.arange(len(PAIRS))
+    labels = torch.arange(len(PAIRS)).repeat_interleave(per_pair)
     size = model.config.vision_config.image_size
     for step in range(steps):
-        img = F.normalize(model.get_image_features(pixel_values=batch(rng, size)).pooler_output, dim=-1)
+        img = F.normalize(model.get_image_features(pixel_values=batch(rng, size, variety, per_pair)).pooler_output, dim=-1)
         txt = F.normalize(model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, dim=-1)
-        logits = model.logit_scale.exp() * img @ txt.T
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        logits = model.logit_scale.exp() * img @ txt.T  # [frames, pairs]
+        # image -> text over the pairs; text -> image: each caption against every frame, its own frames
+        # sharing the target mass
+        own = (labels[None, :] == torch.arange(len(PAIRS))[:, None]).float() / per_pair
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, own)) / 2
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -73,8 +81,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=BUILTIN_DIR)
+    ap.add_argument("--variety", choices=["plain", "wide"], default="plain", help="the still frames' distribution")
+    ap.add_argument("--per-pair", type=int, default=1, help="frames of each colour-shape pair per step")
     args = ap.parse_args()
-    model, tok = pretrain(args.steps, args.seed)
+    model, tok = pretrain(args.steps, args.seed, args.variety, args.per_pair)
     tmp = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=".tiny-"))
     tmp.chmod(0o755)
     model.save_pretrained(tmp, safe_serialization=True)

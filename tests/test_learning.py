@@ -24,7 +24,7 @@ from toolchain.recipe import load_recipe
 sys.path.insert(0, str(REPO / "scripts"))  # score_check_renderer: a script, not part of the package
 
 K = 4
-CHECK_MARGIN = 15.0
+CHECK_MARGIN = 10.0
 LEARN = [f"frames.k={K}", "train.batch_size=16", "train.max_steps=60", "train.warmup_steps=5", "train.lr=1e-2",
          "train.checkpoint_every=0", "train.seed=0", "export.variants=[fp32]"]
 
@@ -114,11 +114,13 @@ def test_temporal_lora_beats_plain_lora_on_direction(temporal_arms):
 def test_the_temporal_run_beats_its_base_on_the_independent_check_renderer(temporal_arms, tmp_path):
     """Clips drawn by tests/check_renderer.py (its own drawing, colours, sizes, noise and codecs, never
     trained on): the order-blind base cannot tell a caption from its reversed one (50, chance), the
-    fine-tuned run must, by CHECK_MARGIN points (measured margins: docs/testing.md)."""
+    fine-tuned run must, by CHECK_MARGIN points over 3 check seeds (measured margins: docs/testing.md)."""
     from score_check_renderer import score_run
 
-    (row,) = score_run(temporal_arms["temporal"][1], [0], tmp_path)
-    base, tuned = row["base"], row["finetuned"]
-    assert abs(base["reversed"] - 50.0) <= 12.5, base  # order-blind, whatever it prefers
-    assert tuned["reversed"] >= base["reversed"] + CHECK_MARGIN, row
-    assert tuned["colour_shape"] >= base["colour_shape"] - 10.0, row  # direction was not bought with appearance
+    rows = score_run(temporal_arms["temporal"][1], [0, 1, 2], tmp_path)
+    mean = {m: {k: sum(r[m][k] for r in rows) / len(rows) for k in rows[0][m]} for m in ("base", "finetuned")}
+    base, tuned = mean["base"], mean["finetuned"]
+    assert abs(base["reversed"] - 50.0) <= 10.0, rows  # order-blind, whatever it prefers
+    assert tuned["reversed"] >= base["reversed"] + CHECK_MARGIN, rows
+    # direction was not bought with appearance: a collapse would fall to chance (8.3)
+    assert tuned["colour_shape"] >= base["colour_shape"] - 20.0, rows

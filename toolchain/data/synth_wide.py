@@ -113,3 +113,16 @@ def render_wide_clip(rng: np.random.Generator, shape: str, rgb: tuple[int, int, 
         frame[shape_mask(shape, h, w, center, size, aspect, tilt, apex)] = colour
         frames[t] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
     return WideClip(frames, fps, codec, suffix)
+
+
+def render_wide_still(rng: np.random.Generator, shape: str, rgb: tuple[int, int, int]) -> np.ndarray:
+    """One still frame [H, W, 3] uint8 of the wide distribution, the object anywhere in the centred
+    square (what a base pretrained on appearance sees)."""
+    h, w = frame_size(rng)
+    size = rng.uniform(*SIZE_FRACTION) * min(h, w)
+    aspect, tilt, apex = rng.uniform(0.8, 1.25), rng.uniform(-0.25, 0.25), rng.uniform(-0.3, 0.3)
+    side, half = min(h, w), size / 2 * 1.2
+    center = ((w - side) / 2 + rng.uniform(half, side - half), (h - side) / 2 + rng.uniform(half, side - half))
+    frame = background(rng, h, w) + rng.normal(0, rng.uniform(0, 8), (h, w, 1))
+    frame[shape_mask(shape, h, w, center, size, aspect, tilt, apex)] = jittered(rgb, rng)
+    return np.clip(np.rint(frame), 0, 255).astype(np.uint8)
