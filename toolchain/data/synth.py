@@ -13,7 +13,7 @@ from typing import Callable
 import av
 import numpy as np
 
-from toolchain.data.synth_wide import render_wide_clip
+from toolchain.data.synth_wide import centred_segment, render_wide_clip
 
 COLORS = {
     "red": (220, 40, 40),
@@ -25,8 +25,6 @@ SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = ("left", "right", "up", "down")
 BACKGROUND = 30
 
-# Unit step of each direction in image coordinates (x right, y down).
-_STEPS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 # Low CRF keeps the flat colours close to their RGB values after yuv420p.
 _CODEC_OPTIONS = {
@@ -121,19 +119,8 @@ def _motion_endpoints(rng: np.random.Generator, h: int, w: int, size: int, direc
     The action stays where a CLIP-style centre crop (side min(H, W)) keeps it, as in footage that
     frames its subject; the margins of a wide or tall frame only ever show background.
     """
-    sx, sy = _STEPS[direction]
-    half = size / 2
     side = min(h, w)
-    x0, y0 = (w - side) / 2, (h - side) / 2
-    dist = rng.uniform(0.35, 0.5) * side
-    # The visited segment [lo, lo + dist] is drawn the same way for every direction,
-    # so only the frame order tells "left" from "right".
-    lo = rng.uniform(half, side - half - dist)
-    start, end = (lo, lo + dist) if (sx + sy) > 0 else (lo + dist, lo)
-    cross = rng.uniform(half, side - half)
-    if sx:
-        return (x0 + start, y0 + cross), (x0 + end, y0 + cross)
-    return (x0 + cross, y0 + start), (x0 + cross, y0 + end)
+    return centred_segment(rng, h, w, size / 2, rng.uniform(0.35, 0.5) * side, direction)
 
 
 def render_clip(rng: np.random.Generator, color: str, shape: str, direction: str) -> np.ndarray:

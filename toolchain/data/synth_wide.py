@@ -18,7 +18,7 @@ FRAME_RATES = (8, 10, 12, 15, 24, 25, 30)
 # (encoder, file extension): vp9 goes into WebM, the container most vp9 footage comes in.
 CODECS = (("libx264", ".mp4"), ("mpeg4", ".mp4"), ("libvpx-vp9", ".webm"))
 COLOUR_JITTER = 18  # per channel, in 0-255 levels: "red" stays red, not one exact RGB triple
-_STEPS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+_STEPS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # image coordinates, y down
 
 
 @dataclass(frozen=True)
@@ -77,20 +77,25 @@ def shape_mask(shape: str, h: int, w: int, center: tuple[float, float], size: fl
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def path(rng: np.random.Generator, h: int, w: int, size: float, direction: str):
-    """Start and end centres of a straight move inside the centred square (as synth.py's, wider sizes)."""
+def centred_segment(rng: np.random.Generator, h: int, w: int, half: float, dist: float, direction: str):
+    """Start and end centres of a straight move of `dist` pixels inside the frame's centred square, the
+    object's centre kept `half` pixels from its edges. The visited segment is drawn the same way for
+    every direction, so only the frame order tells "left" from "right"."""
     sx, sy = _STEPS[direction]
     side = min(h, w)
-    half = size / 2 * 1.2  # a tilted or stretched shape reaches a little past size / 2
     x0, y0 = (w - side) / 2, (h - side) / 2
-    room = side - 2 * half
-    dist = rng.uniform(0.6, 0.95) * room
     lo = rng.uniform(half, side - half - dist)
     start, end = (lo, lo + dist) if (sx + sy) > 0 else (lo + dist, lo)
     cross = rng.uniform(half, side - half)
     if sx:
         return (x0 + start, y0 + cross), (x0 + end, y0 + cross)
     return (x0 + cross, y0 + start), (x0 + cross, y0 + end)
+
+
+def path(rng: np.random.Generator, h: int, w: int, size: float, direction: str):
+    """A move over 60-95% of the room the object leaves in the centred square."""
+    half = size / 2 * 1.2  # a tilted or stretched shape reaches a little past size / 2
+    return centred_segment(rng, h, w, half, rng.uniform(0.6, 0.95) * (min(h, w) - 2 * half), direction)
 
 
 def render_wide_clip(rng: np.random.Generator, shape: str, rgb: tuple[int, int, int], direction: str) -> WideClip:
