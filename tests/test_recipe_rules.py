@@ -96,7 +96,7 @@ def test_a_key_near_two_names_suggests_only_the_nearest():
 def test_an_unknown_key_with_no_near_name_still_lists_the_valid_keys():
     assert problem_lines({"train": {"zzz": 1}}) == [
         "unknown key 'train.zzz'. Valid keys in train: max_steps, epochs, lr, batch_size, grad_accumulation, seed, "
-        "weight_decay, max_grad_norm, time_reversal, warmup_steps, log_every, checkpoint_every, keep"]
+        "weight_decay, max_grad_norm, time_reversal, batching, warmup_steps, log_every, checkpoint_every, keep"]
     assert problem_lines({"zzz": 1}) == [
         "unknown key 'zzz'. Valid keys: name, task, model, data, frames, adapters, train, eval, generation, export"]
 

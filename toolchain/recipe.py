@@ -220,6 +220,9 @@ class TrainSection(Section):
     weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
     max_grad_norm: float | None = Field(None, gt=0, allow_inf_nan=False)  # clip the adapters' gradient norm; null: off
     time_reversal: dict[str, str] | None = None  # captioning/qa: word pairs swapped when a clip plays backwards
+    # shuffle: plain random batches; spread (retrieval): each caption's clips spread evenly over the
+    # epoch, so a batch rarely repeats a caption and holds its one-word siblings as negatives
+    batching: Literal["shuffle", "spread"] = "shuffle"
     warmup_steps: int = Field(10, ge=0)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=0)  # steps between resumable checkpoints; 0 disables them
@@ -322,6 +325,9 @@ def check_task(r: "Recipe") -> None:
     if task == "qa" and r.data.format not in ("jsonl", "videoqa"):
         raise ValueError(f"task: qa reads question-answer rows: data.format jsonl (rows with question and "
                          f"answer) or videoqa (MSRVTT-QA / MSVD-QA json), not {r.data.format}")
+    if task != "retrieval" and r.train.batching == "spread":
+        raise ValueError("train.batching: spread orders retrieval captions (task: retrieval); use shuffle "
+                         f"for task: {task}")
     if task == "retrieval" and r.train.time_reversal:
         raise ValueError("train.time_reversal augments captions and answers (task: captioning or qa); "
                          "remove it for task: retrieval")

@@ -82,7 +82,8 @@ def train_loop(task: Task, model, data, cfg: TrainSection, work: Path, report: R
     total = cfg.total_steps(max(1, len(data) // batch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, total))
     start = resume_state(work, model, opt, sched, procs, report)
-    stream = shard(batch_stream(len(data), batch, cfg.seed, start * cfg.grad_accumulation * procs.world),
+    keys = task.batch_keys(data) if cfg.batching == "spread" else None
+    stream = shard(batch_stream(len(data), batch, cfg.seed, start * cfg.grad_accumulation * procs.world, keys),
                    procs.rank, procs.world)
     step_loss = procs.wrap(LossModule(model, task.loss))
     dev, t0 = next(model.parameters()).device, time.perf_counter()

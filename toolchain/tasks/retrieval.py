@@ -88,4 +88,8 @@ def summary(result: dict) -> list[str]:
     return lines
 
 
-TASK = Task("retrieval", prepare, batches, contrastive_loss, evaluate, summary)
+def batch_keys(data: RetrievalData) -> list[str]:
+    return data.clips.captions
+
+
+TASK = Task("retrieval", prepare, batches, contrastive_loss, evaluate, summary, batch_keys=batch_keys)

@@ -15,4 +15,5 @@ class Task:
     evaluate: Callable  # (model, data, recipe) -> metrics dict (eval.json's "base" / "finetuned")
     summary: Callable  # (eval.json dict) -> lines for the end of the run
     augment: Callable = lambda recipe, data: data  # (recipe, training data) -> training data, more examples
+    batch_keys: Callable = lambda data: None  # (training data) -> one key per example for train.batching=spread
 
