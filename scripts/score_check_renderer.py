@@ -48,21 +48,23 @@ def score_run(run_dir: Path, seeds: list[int], work: Path) -> list[dict]:
         check = load_recipe(run_dir / "recipe.yaml", [f"data.eval={render_check_set(work / f'check{seed}', seed)}",
                                                     "data.cache=false"])
         split = read_split(check.data, "eval", "retrieval")
-        row = {"seed": seed}
-        for name, model in models.items():
-            clips = load_split(check, "eval", split, model.preparer(), frame_cache(check), report)
-            row[name] = scores(task.evaluate(model, task.prepare(check, info, model, clips, "cpu"), check))
-        rows.append(row)
+        # one decode for both models: their frame preparation comes from the same recipe
+        clips = load_split(check, "eval", split, models["finetuned"].preparer(), frame_cache(check), report)
+        data = task.prepare(check, info, models["finetuned"], clips, "cpu")
+        rows.append({"seed": seed, **{name: scores(task.evaluate(model, data, check)) for name, model in models.items()}})
     return rows
+
+
+def table_line(label, row: dict) -> str:
+    return f"{label:<11}" + "".join(f"{row[m][k]:>24.1f}" for m in ("base", "finetuned") for k in KEYS)
 
 
 def table(rows: list[dict]) -> str:
     lines = [f"{'check seed':<11}" + "".join(f"{m + ' ' + k:>24}" for m in ("base", "finetuned") for k in KEYS)]
-    for row in rows:
-        lines.append(f"{row['seed']:<11}" + "".join(f"{row[m][k]:>24.1f}" for m in ("base", "finetuned") for k in KEYS))
+    lines += [table_line(row["seed"], row) for row in rows]
     if len(rows) > 1:
-        mean = {m: {k: statistics.mean(r[m][k] for r in rows) for k in KEYS} for m in ("base", "finetuned")}
-        lines.append(f"{'mean':<11}" + "".join(f"{mean[m][k]:>24.1f}" for m in ("base", "finetuned") for k in KEYS))
+        lines.append(table_line("mean", {m: {k: statistics.mean(r[m][k] for r in rows) for k in KEYS}
+                                         for m in ("base", "finetuned")}))
     return "\n".join(lines)
 
 

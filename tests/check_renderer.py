@@ -6,7 +6,7 @@ sensor noise and sparse speckle, objects 20-32% of the short side, constant-spee
 whole clip, and h264 / mpeg4 / vp9. It imports nothing from toolchain's renderers: a model that only
 learned synth.py's drawing routine fails here.
 
-Run: python tests/check_renderer.py OUT_DIR [--seed 0]   (writes OUT_DIR/eval.jsonl, one clip per caption)
+Run: python tests/check_renderer.py OUT_DIR [--seed 0] [--repeats 1]   (writes OUT_DIR/eval.jsonl, clips per caption)
 """
 
 from __future__ import annotations
