@@ -23,7 +23,7 @@ from toolchain.errors import RecipeError
 from toolchain.progress import Reporter
 from toolchain.quiet import quiet_libraries
 from toolchain.recipe import load_recipe
-from toolchain.train import finetune
+from toolchain.train import finetune, resolved
 
 METRICS = {"t2v_r1": "t2v R@1", "direction_r1": "direction R@1", "reversed_caption_acc": "reversed caption %",
            "train_seconds": "train s"}
@@ -43,7 +43,7 @@ def run_cell(args, size: int, seed: int, report: Reporter) -> dict:
     recipe = load_recipe(args.recipe, args.overrides + size_overrides(base, size) + [f"train.seed={seed}"])
     run_dir = args.out / f"n{size}-seed{seed}"
     if (run_dir / "eval.json").is_file():
-        diff = recipe_differences(load_recipe(run_dir / "recipe.yaml"), recipe)
+        diff = recipe_differences(load_recipe(run_dir / "recipe.yaml"), resolved(recipe))  # saved as run: absolute paths
         if diff:
             raise RecipeError(f"{run_dir} was trained with another recipe ({', '.join(diff)} differ); "
                               "delete it or pick another --out")

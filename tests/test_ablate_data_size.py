@@ -12,6 +12,7 @@ from conftest import REPO, SHIPPED_RECIPE
 from toolchain.errors import RecipeError
 from toolchain.progress import Reporter
 from toolchain.recipe import dump_recipe, load_recipe
+from toolchain.train import resolved
 
 sys.path.insert(0, str(REPO / "scripts"))
 
@@ -36,14 +37,17 @@ def test_the_recipes_own_size_uses_its_data_and_another_size_is_rendered_beside_
     assert len(rows) == 6 and len((sib / "eval.jsonl").read_text().splitlines()) == 48
 
 
-def test_a_finished_run_is_reused_only_when_its_recipe_matches(tmp_path):
-    sets = own_data(tmp_path)
+def test_a_finished_run_is_reused_only_when_its_recipe_matches(tmp_path, monkeypatch):
+    own_data(tmp_path)
+    (tmp_path / "data" / "shapes" / "eval.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)  # relative data paths, as a user gives them; the run saved them absolute
+    sets = ["data.train=data/shapes/train.jsonl", "data.eval=data/shapes/eval.jsonl"]
     args = argparse.Namespace(recipe=str(SHIPPED_RECIPE), overrides=sets, out=tmp_path / "out")
     base = load_recipe(SHIPPED_RECIPE, sets)
     recipe = load_recipe(SHIPPED_RECIPE, sets + size_overrides(base, base.data.synth_videos) + ["train.seed=1"])
     run = args.out / f"n{base.data.synth_videos}-seed1"
     run.mkdir(parents=True)
-    (run / "recipe.yaml").write_text(dump_recipe(recipe))
+    (run / "recipe.yaml").write_text(dump_recipe(resolved(recipe)))  # what finetune saves
     (run / "eval.json").write_text(json.dumps({"marker": 7}))
     assert run_cell(args, base.data.synth_videos, 1, Reporter(quiet=True)) == {"marker": 7}
 
