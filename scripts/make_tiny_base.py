@@ -1,8 +1,13 @@
 """Reproducibly pretrain the built-in `tiny-video-clip` base on single static frames of the shapes.
 
 It learns appearance (colour and shape) from captions like "a red circle" and never sees motion, so
-fine-tuning has something to teach. Run: python scripts/make_tiny_base.py [--steps 1500] [--seed 0] [--variety plain|wide] [--per-pair 1]
-Writes toolchain/models/tiny_video_clip/{config.json, model.safetensors, tokenizer.json}.
+fine-tuning has something to teach. The defaults build the shipped base: still frames of the wide
+synthetic distribution (random size, background, noise, colour jitter, proportions; issue 15), 4
+frames of each colour-shape pair per step, 3,000 steps. `--variety plain --per-pair 1 --steps 1500`
+builds the earlier base, which only knew the plain renderer's frames.
+Run: python scripts/make_tiny_base.py [--steps 3000] [--seed 0] [--variety wide|plain] [--per-pair 4]
+Writes toolchain/models/tiny_video_clip/{config.json, model.safetensors, tokenizer.json}; then rerun
+scripts/make_tiny_video_llm.py, whose vision tower is this one.
 """
 
 from __future__ import annotations
@@ -78,11 +83,11 @@ def pretrain(steps: int, seed: int, variety: str = "plain", per_pair: int = 1) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=BUILTIN_DIR)
-    ap.add_argument("--variety", choices=["plain", "wide"], default="plain", help="the still frames' distribution")
-    ap.add_argument("--per-pair", type=int, default=1, help="frames of each colour-shape pair per step")
+    ap.add_argument("--variety", choices=["plain", "wide"], default="wide", help="the still frames' distribution")
+    ap.add_argument("--per-pair", type=int, default=4, help="frames of each colour-shape pair per step")
     args = ap.parse_args()
     model, tok = pretrain(args.steps, args.seed, args.variety, args.per_pair)
     tmp = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=".tiny-"))

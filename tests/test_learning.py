@@ -24,7 +24,7 @@ from toolchain.recipe import load_recipe
 sys.path.insert(0, str(REPO / "scripts"))  # score_check_renderer: a script, not part of the package
 
 K = 4
-CHECK_MARGIN = 10.0
+CHECK_MARGIN = 30.0
 LEARN = [f"frames.k={K}", "train.batch_size=16", "train.max_steps=60", "train.warmup_steps=5", "train.lr=1e-2",
          "train.checkpoint_every=0", "train.seed=0", "export.variants=[fp32]"]
 

@@ -25,12 +25,25 @@ def write_outputs(out: Path | None, stem: str, table: str, data: dict) -> None:
     write_json(out / f"{stem}.json", data)
 
 
+def parse_seed_option(seeds: str | None) -> list[int] | None:
+    """--seeds "0,1,2" -> [0, 1, 2]; None keeps the recipe's seed."""
+    from toolchain.bench.seeds import parse_seeds
+
+    if seeds is None:
+        return None
+    try:
+        return parse_seeds(seeds)
+    except ValueError as exc:
+        raise VqtoolError(str(exc)) from None
+
+
 @bench_app.command("frames")
 def bench_frames(
     recipe: Annotated[Path, typer.Argument(help="Recipe the accuracy runs start from.")] = Path("recipes/shapes-tiny.yaml"),
     ks: Annotated[str, typer.Option(help="Frame budgets K, comma list.")] = "2,4,8,16",
     selectors: Annotated[str, typer.Option(help="Selectors to compare.")] = "uniform,motion,motion-uniform",
     steps: Annotated[int, typer.Option(help="Fine-tuning steps per accuracy cell.")] = 200,
+    seeds: Annotated[Optional[str], typer.Option(help="Training seeds per accuracy cell, comma list (e.g. 0,1,2): the table gives mean (min–max) and which selectors differ from uniform by more than the seed spread.")] = None,
     arch: Annotated[str, typer.Option(help="Architecture for latency: tiny or clip-vit-b32 (random weights).")] = "clip-vit-b32",
     clip: Annotated[str, typer.Option(help="Latency input clip, FRAMESxHEIGHTxWIDTH.")] = "32x180x320",
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads.")] = 2,
@@ -45,13 +58,14 @@ def bench_frames(
     from toolchain.recipe import load_recipe
 
     load_recipe(recipe, set_)  # a bad recipe fails before any work
+    seed_list = parse_seed_option(seeds)
     require_train_extra()
     from toolchain.bench.frames import accuracy_rows, latency_rows, markdown
 
     k_list = [int(k) for k in csv_list(ks)]
     shape = tuple(int(x) for x in clip.lower().split("x"))
     report = reporter()
-    acc = accuracy_rows(str(recipe), list(set_), csv_list(selectors), k_list, steps, report) if accuracy else []
+    acc = accuracy_rows(str(recipe), list(set_), csv_list(selectors), k_list, steps, report, seed_list) if accuracy else []
     lat = latency_rows(arch, k_list, "motion", threads, runs, shape, report) if latency else []
     table = markdown(acc, lat, shape, threads)
     write_outputs(out, "frames", table, {"accuracy": acc, "latency": lat})

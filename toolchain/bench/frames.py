@@ -23,20 +23,38 @@ class PrepareOnly(torch.nn.Module):
         return pixels, idx, motion
 
 
-def accuracy_rows(recipe_path: str, overrides: list[str], selectors, ks, steps: int, report) -> list[dict]:
+def accuracy_rows(recipe_path: str, overrides: list[str], selectors, ks, steps: int, report,
+                  seeds: list[int] | None = None) -> list[dict]:
+    """One short fine-tune per selector x K (x seed: None runs the recipe's seed once, unlabelled)."""
     from toolchain.train import finetune
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for sel in selectors:
-            for k in ks:
-                sets = [*overrides, f"frames.selector={sel}", f"frames.k={k}", f"train.max_steps={steps}"]
-                report.say(f"== selector {sel}, K={k}")
-                result = finetune(load_recipe(recipe_path, sets), Path(tmp) / f"{sel}-{k}", True, report)
-                ft = result["finetuned"]
-                rows.append({"selector": sel, "k": k, "t2v_r1": ft["t2v"]["r1"], "v2t_r1": ft["v2t"]["r1"],
-                             "direction_r1": ft.get("t2v_within_group_r1"), "steps": steps})
+        for seed in seeds or [None]:
+            seed_sets = [] if seed is None else [f"train.seed={seed}"]
+            for sel in selectors:
+                for k in ks:
+                    sets = [*overrides, *seed_sets, f"frames.selector={sel}", f"frames.k={k}", f"train.max_steps={steps}"]
+                    report.say(f"== selector {sel}, K={k}" + ("" if seed is None else f", seed {seed}"))
+                    result = finetune(load_recipe(recipe_path, sets), Path(tmp) / f"{sel}-{k}-{seed}", True, report)
+                    ft = result["finetuned"]
+                    rows.append({"selector": sel, "k": k, "t2v_r1": ft["t2v"]["r1"], "v2t_r1": ft["v2t"]["r1"],
+                                 "direction_r1": ft.get("t2v_within_group_r1"), "steps": steps}
+                                | ({} if seed is None else {"seed": seed, "cell": f"{sel} K={k}"}))
     return rows
+
+
+def seeds_markdown(acc: list[dict]) -> list[str]:
+    """Rows over several seeds: mean (min–max) per selector x K, and each selector against uniform at its K."""
+    from toolchain.bench.seeds import spread_markdown, summarise, verdicts
+
+    summary = summarise(acc, "cell", ["t2v_r1", "direction_r1"])
+    out = [spread_markdown(summary, {"t2v_r1": "t2v R@1", "direction_r1": "direction R@1"})]
+    for k in dict.fromkeys(r["k"] for r in acc):
+        same = [s for s in summary if s["arm"].endswith(f" K={k}")]
+        if any(s["arm"] == f"uniform K={k}" for s in same):
+            out += verdicts(same, f"uniform K={k}", "direction_r1")
+    return out + [""]
 
 
 def ort_p50(path: Path, frames: np.ndarray, threads: int, runs: int) -> float:
@@ -74,7 +92,9 @@ def latency_rows(arch: str, ks, selector: str, threads: int, runs: int, clip_sha
 
 def markdown(acc: list[dict], lat: list[dict], clip_shape, threads: int) -> str:
     out = []
-    if acc:
+    if acc and "seed" in acc[0]:
+        out += seeds_markdown(acc)
+    elif acc:
         ks = sorted({r["k"] for r in acc})
         out += ["| selector | " + " | ".join(f"K={k} t2v R@1 (dir)" for k in ks) + " |",
                 "|---|" + "---:|" * len(ks)]
